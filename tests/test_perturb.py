@@ -1,0 +1,173 @@
+"""Perturbation families: smoke, identity, range, gradients (float64 gradcheck), bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from unrestrict.perturb import FAMILIES, FAMILY_ORDER, NATURAL_FAMILIES, compose, create_family
+from unrestrict.perturb.color import tone_curve
+from unrestrict.perturb.geometry import warp
+from unrestrict.perturb.style import detail_blend, local_color_transform
+
+ALL = list(FAMILY_ORDER)
+
+
+def _rand_params(comp, x, level, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = {k: torch.randn(v.shape, generator=g, dtype=x.dtype) * 3
+              for k, v in comp.init_params(x).items()}
+    comp.project_(params, torch.full((x.shape[0],), level, dtype=x.dtype))
+    return params
+
+
+def test_every_family_is_registered_in_order():
+    assert set(FAMILIES) == set(FAMILY_ORDER)
+    assert set(NATURAL_FAMILIES) == {"color", "style", "geometry"}
+    comp = compose(["pixel", "color", "geometry", "style"])
+    assert comp.names == ["geometry", "color", "style", "pixel"]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("shape", [(2, 3, 24, 24), (1, 3, 17, 29)])
+def test_identity_at_init(name, shape, device):
+    comp = compose([name])
+    x = torch.rand(shape, device=device)
+    params = comp.init_params(x)
+    assert all(p.abs().sum() == 0 for p in params.values())
+    # float32 bicubic resampling exactly at the grid points is exact to ~2e-6 (JPEG's step
+    # is 4e-3); every other family is exact.
+    torch.testing.assert_close(comp.apply(x, params), x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_in_unit_range_and_shape_kept(name, device):
+    comp = compose([name])
+    x = torch.rand(3, 3, 20, 28, device=device)
+    x[0] = 0.0
+    x[1] = 1.0
+    params = {k: v.to(device) for k, v in _rand_params(comp, x.cpu(), 1.0).items()}
+    y = comp.apply(x, params)
+    assert y.shape == x.shape
+    assert y.min() >= 0 and y.max() <= 1
+    assert (y - x).abs().max() > 1e-3  # it does something
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bounds_respected(name):
+    comp = compose([name])
+    x = torch.rand(3, 3, 16, 16)
+    level = torch.tensor([0.25, 0.5, 1.0])
+    params = {k: torch.randn_like(v) * 100 for k, v in comp.init_params(x).items()}
+    comp.project_(params, level)
+    for k, lim in comp.limits(params, level).items():
+        assert (params[k].abs() <= lim + 1e-7).all(), k
+        # Sign-step corners reach the box exactly.
+        assert torch.allclose(params[k].abs().reshape(3, -1).amax(1), lim.reshape(3, -1)[:, 0])
+    power = comp.families[0].budget_power
+    torch.testing.assert_close(comp.relative_size(params), level ** power)
+
+
+def test_geometry_is_spent_last():
+    comp = compose(["geometry", "color"])
+    x = torch.rand(1, 3, 8, 8)
+    params = comp.init_params(x)
+    lim = comp.limits(params, torch.tensor([0.5]))
+    assert lim["geometry.angle"].item() == pytest.approx(math.radians(5.0) * 0.25)
+    assert lim["color.hue"].item() == pytest.approx(comp.families[1].config.hue * 0.5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradcheck_float64(name):
+    options = {"style": {"detail": 0.0}}.get(name)  # the detail base is a no-grad constant
+    comp = compose([name], {name: options} if options else None)
+    x = torch.rand(1, 3, 7, 9, dtype=torch.float64) * 0.8 + 0.1
+    params = _rand_params(comp, x, 0.5, seed=1)
+    keys = list(params)
+
+    def f(*ps):
+        return comp.apply(x, dict(zip(keys, ps)))
+
+    inputs = tuple(p.clone().requires_grad_(True) for p in params.values())
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-4)
+
+
+def test_gradcheck_detail_blend_and_color_transform():
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    base = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    w = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w: detail_blend(x, w, base), (x, w))
+    m = torch.randn(1, 9, 2, 2, dtype=torch.float64, requires_grad=True)
+    o = torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(local_color_transform, (x, m, o))
+
+
+def test_gradients_reach_every_parameter_through_the_composite():
+    comp = compose(ALL)
+    x = torch.rand(2, 3, 16, 16)
+    params = {k: v.requires_grad_(True) for k, v in _rand_params(comp, x, 0.3).items()}
+    comp.apply(x, params).pow(2).sum().backward()
+    for k, p in params.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, k
+
+
+def test_warp_quarter_turn_equals_rot90():
+    x = torch.rand(1, 3, 9, 9)
+    zero = torch.zeros(1)
+    y = warp(x, torch.tensor([math.pi / 2]), zero, torch.zeros(1, 2), torch.zeros(1, 2, 2, 2),
+             mode="bilinear")
+    torch.testing.assert_close(y, torch.rot90(x, 1, (-2, -1)), atol=1e-5, rtol=0)
+
+
+def test_warp_translation_moves_content():
+    x = torch.zeros(1, 3, 11, 11)
+    x[..., 5, 5] = 1.0
+    # Normalised span is 2 over 10 pixel steps (align_corners): 0.1 of the size is 1 pixel.
+    y = warp(x, torch.zeros(1), torch.zeros(1), torch.tensor([[0.1, 0.0]]),
+             torch.zeros(1, 2, 2, 2), mode="bilinear")
+    assert y[0, 0, 5, 4] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tone_curve_is_monotone_and_keeps_endpoints():
+    x = torch.linspace(0, 1, 101).view(1, 1, 1, 101).expand(1, 3, 1, 101).contiguous()
+    curves = torch.tensor([[[0.3, -0.3, 0.2, -0.2], [-0.5, 0.5, 0.0, 0.1], [0.0] * 4]])
+    y = tone_curve(x, curves)
+    assert (y[..., 1:] >= y[..., :-1]).all()
+    torch.testing.assert_close(y[..., 0], torch.zeros(1, 3, 1))
+    torch.testing.assert_close(y[..., -1], torch.ones(1, 3, 1))
+    torch.testing.assert_close(y[0, 2], x[0, 2])  # zero deviation: identity
+
+
+def test_style_field_is_smooth_not_noise():
+    comp = compose(["style"], {"style": {"detail": 0.0}})
+    x = torch.full((1, 3, 64, 64), 0.5)
+    params = _rand_params(comp, x, 1.0)
+    y = comp.apply(x, params)
+    # On a flat image a smooth field changes slowly: neighbouring pixels differ by far
+    # less than the total change.
+    step = (y[..., 1:, :] - y[..., :-1, :]).abs().max()
+    assert step < 0.1 * (y - x).abs().max()
+
+
+def test_pixel_family_is_linf_bounded():
+    comp = compose(["pixel"], {"pixel": {"eps": 8 / 255}})
+    x = torch.full((1, 3, 10, 10), 0.5)
+    y = comp.apply(x, _rand_params(comp, x, 1.0))
+    assert (y - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_create_family_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="choose from geometry, color, style, pixel"):
+        create_family("blur")
+    with pytest.raises(ValueError, match="valid:.*rotation"):
+        create_family("geometry", {"rotate": 3})
+    with pytest.raises(ValueError, match="not selected"):
+        compose(["color"], {"style": {"grid": 3}})
+
+
+def test_family_options_are_typed():
+    fam = create_family("geometry", {"rotation": "2.5", "flow_grid": "4"})
+    assert fam.config.rotation == 2.5 and fam.config.flow_grid == 4

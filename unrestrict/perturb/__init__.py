@@ -1,0 +1,142 @@
+"""Perturbation families and their composition.
+
+``compose(["color", "style"])`` gives a :class:`Composite`, the only object the attack loop
+talks to. Its parameters are one flat dict keyed ``"family.param"``; every tensor is
+``(B, *shape)`` with zero as the identity and a box bound scaled by a per-image strength.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..utils import check_images
+from . import color, geometry, pixel, style  # noqa: F401  (registers the families)
+from .base import FAMILIES, FAMILY_ORDER, Family, ParamSpec, create_family, register_family
+
+__all__ = [
+    "FAMILIES",
+    "FAMILY_ORDER",
+    "NATURAL_FAMILIES",
+    "Composite",
+    "Family",
+    "ParamSpec",
+    "compose",
+    "create_family",
+    "register_family",
+]
+
+NATURAL_FAMILIES: tuple[str, ...] = ("geometry", "color", "style")
+
+Params = dict[str, Tensor]
+
+
+class Composite:
+    """Families applied in :data:`FAMILY_ORDER`, with one flat parameter dict."""
+
+    def __init__(self, families: Sequence[Family]) -> None:
+        names = [f.name for f in families]
+        if len(set(names)) != len(names):
+            raise ValueError(f"family listed twice: {names}")
+        if not families:
+            raise ValueError("at least one perturbation family is needed")
+        self.families = sorted(families, key=lambda f: FAMILY_ORDER.index(f.name))
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.families]
+
+    @property
+    def resolution_free(self) -> bool:
+        return all(f.resolution_free for f in self.families)
+
+    def specs(self, height: int, width: int) -> dict[str, ParamSpec]:
+        return {
+            f"{f.name}.{k}": s
+            for f in self.families
+            for k, s in f.param_specs(height, width).items()
+        }
+
+    def init_params(self, x: Tensor) -> Params:
+        """Identity parameters for the batch ``x``, on its device, in float32.
+
+        Parameters stay float32 even under mixed precision: sign steps of 1e-3 of a bound would
+        vanish in bf16.
+        """
+        check_images(x)
+        b, _, h, w = x.shape
+        return {
+            k: torch.zeros((b, *s.shape), device=x.device, dtype=torch.float32)
+            for k, s in self.specs(h, w).items()
+        }
+
+    def _split(self, params: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        out: dict[str, dict[str, Tensor]] = {f.name: {} for f in self.families}
+        for key, value in params.items():
+            fam, _, name = key.partition(".")
+            out[fam][name] = value
+        return out
+
+    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """Shape: (B, 3, H, W) in [0, 1] -> same; per-pixel parameters must match H, W."""
+        check_images(x)
+        split = self._split(params)
+        for f in self.families:
+            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()})
+        return x
+
+    def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
+        split = self._split(params)
+        return torch.stack([f.penalty(split[f.name]) for f in self.families]).sum(0)
+
+    def _family(self, key: str) -> Family:
+        fam = key.partition(".")[0]
+        return next(f for f in self.families if f.name == fam)
+
+    def _bound(self, key: str, p: Tensor) -> float:
+        h, w = (p.shape[-2], p.shape[-1]) if p.ndim >= 3 else (1, 1)
+        return self._family(key).param_specs(h, w)[key.partition(".")[2]].bound
+
+    def bounds(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        return {k: self._bound(k, p) for k, p in params.items()}
+
+    def limits(self, params: Mapping[str, Tensor], level: Tensor) -> dict[str, Tensor]:
+        """Per-image box half-widths at budget ``level`` (B,): ``bound * level ** power``,
+        shaped to broadcast against each parameter."""
+        out = {}
+        for k, p in params.items():
+            frac = level.clamp(0, 1) ** self._family(k).budget_power
+            out[k] = (frac * self._bound(k, p)).view(-1, *([1] * (p.ndim - 1)))
+        return out
+
+    @torch.no_grad()
+    def project_(self, params: Params, level: Tensor) -> None:
+        """Clamp every parameter in place into its box at budget ``level`` (B,)."""
+        for k, lim in self.limits(params, level).items():
+            p = params[k]
+            p.copy_(torch.maximum(torch.minimum(p, lim), -lim))
+
+    @torch.no_grad()
+    def relative_size(self, params: Mapping[str, Tensor]) -> Tensor:
+        """(B,) the largest ``|p| / bound`` over all parameters: the strength actually used."""
+        sizes = [(p.abs() / self._bound(k, p)).reshape(p.shape[0], -1).amax(1) for k, p in params.items()]
+        return torch.stack(sizes).amax(0)
+
+    def to_config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {f.name: asdict(f.config) for f in self.families}
+
+
+def compose(
+    names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None
+) -> Composite:
+    """Build the families named, each with optional ``Config`` overrides."""
+    options = options or {}
+    stray = set(options) - set(names)
+    if stray:
+        raise ValueError(f"options given for families not selected: {sorted(stray)}")
+    return Composite([create_family(n, options.get(n)) for n in names])

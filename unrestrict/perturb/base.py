@@ -1,0 +1,151 @@
+"""The contract every perturbation family follows, and the registry that names them.
+
+A family is a differentiable, batched image transform with per-image parameters. All
+parameters share one convention so that the attack loop can treat them alike:
+
+* zero is the identity (``init`` is ``zeros``);
+* each parameter tensor has a box bound: ``|p| <= bound * strength`` elementwise, where
+  ``strength`` in [0, 1] is per image (the per-image budget the loop grows in stages);
+* the family is a pure function of ``(x, params)``: parameters are kept apart from applying
+  them, so they can be saved per image and replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["ParamSpec", "Family", "FAMILIES", "FAMILY_ORDER", "register_family", "create_family"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor of a family: its per-image shape and its box bound at strength 1."""
+
+    shape: tuple[int, ...]
+    bound: float
+
+
+class Family(ABC):
+    """A perturbation family. Subclasses set ``name``, ``resolution_free`` and ``Config``."""
+
+    name: ClassVar[str]
+    # True when the parameters mean the same thing at any image size (global colour, coarse
+    # grids, normalised flows). The loop may then optimise at the models' input size and
+    # render the result at full size; a per-pixel family forces full-size optimisation.
+    resolution_free: ClassVar[bool]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
+        """Parameter shapes (without the batch dimension) and bounds for images of this size."""
+
+    @abstractmethod
+    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """Shape: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+
+    @property
+    def budget_power(self) -> float:
+        """How this family's share of a stage's budget grows: ``level ** budget_power``.
+
+        Above 1 the family is spent late: small stages go to the other families first.
+        """
+        return float(getattr(self.config, "budget_power", 1.0))
+
+    def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
+        """A (B,) regulariser; zero at the identity. Default: mean squared bound-normalised size."""
+        specs = self._specs_like(params)
+        terms = [
+            ((p / specs[k].bound) ** 2).reshape(p.shape[0], -1).mean(1) for k, p in params.items()
+        ]
+        return torch.stack(terms).sum(0)
+
+    def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
+        # Bounds never depend on the size for resolution-free families; for per-pixel ones the
+        # shape is read off the parameter itself.
+        some = next(iter(params.values()))
+        h, w = (some.shape[-2], some.shape[-1]) if some.ndim == 4 else (1, 1)
+        return self.param_specs(h, w)
+
+
+FAMILIES: dict[str, type[Family]] = {}
+# Composition order: geometry first (it moves pixels), then global colour, then local style,
+# then the pixel-level baseline on top.
+FAMILY_ORDER: tuple[str, ...] = ("geometry", "color", "style", "pixel")
+
+F_ = TypeVar("F_", bound=type[Family])
+
+
+def register_family(cls: F_) -> F_:
+    if cls.name not in FAMILY_ORDER:
+        raise ValueError(f"family {cls.name!r} has no place in FAMILY_ORDER")
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def create_family(name: str, options: Mapping[str, Any] | None = None) -> Family:
+    """Instantiate a registered family, overriding fields of its ``Config`` by name.
+
+    Raises:
+        ValueError: unknown family or option (the message lists the valid ones).
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; choose from {', '.join(FAMILY_ORDER)}")
+    cls = FAMILIES[name]
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = set(options) - set(fields)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for family {name!r}; valid: {sorted(fields)}"
+        )
+    typed = {k: _coerce(fields[k].type, v) for k, v in options.items()}
+    return cls(cls.Config(**typed))
+
+
+def _coerce(annotation: Any, value: Any) -> Any:
+    # Config modules use postponed annotations, so the type usually arrives as a string.
+    key = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    conv: Callable[[Any], Any] = {"int": int, "float": float, "bool": _to_bool}.get(
+        key, lambda v: v
+    )
+    return conv(value)
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        if v.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if v.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {v!r}")
+    return bool(v)
+
+
+def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
+    """A smooth dense field from a coarse per-image grid: (B, C, g, g) -> (B, C, H, W).
+
+    Bicubic through the grid points (``align_corners``), so the field is C1-smooth and a
+    constant grid stays exactly constant.
+    """
+    if grid.shape[-2:] == (height, width):
+        return grid
+    return torch.nn.functional.interpolate(
+        grid, size=(height, width), mode="bicubic", align_corners=True
+    )
+
+
+def grid_tv(grid: Tensor) -> Tensor:
+    """Squared total variation of a (B, C, g, g) grid, per image: (B,)."""
+    dh = (grid[..., 1:, :] - grid[..., :-1, :]).pow(2).flatten(1).mean(1)
+    dw = (grid[..., :, 1:] - grid[..., :, :-1]).pow(2).flatten(1).mean(1)
+    return dh + dw
