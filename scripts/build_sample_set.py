@@ -1,7 +1,8 @@
 """Build data/sample: real labelled photos in the exact contest layout.
 
 Sources (read from installed packages, never imported; install them with
-``pip install --no-deps foolbox==3.3.4 scikit-image==0.26.0 scikit-learn==1.9.1 matplotlib==3.11.2``):
+``pip install --no-deps foolbox==3.3.4 scikit-image==0.26.0 scikit-learn==1.9.1
+matplotlib==3.11.2``):
 
 * foolbox 3.3.4 ``data/imagenet_XX_<label>.jpg``: 20 ImageNet photos with their 0-based label.
 * four unlabelled photos whose label all offline models agree on (or 3 of 4, checked by eye):

@@ -23,11 +23,10 @@ def load_folder(folder: Path, ids: list[str] | None = None) -> tuple[torch.Tenso
     rows = list(csv.DictReader((folder / "dev.csv").open()))
     if ids is not None:
         rows = [r for r in rows if r["ImageId"] in ids]
-    xs = [
-        torch.from_numpy(np.asarray(Image.open(folder / "images" / r["ImageId"]).convert("RGB")).copy())
-        .permute(2, 0, 1).float() / 255
-        for r in rows
-    ]
+    xs = []
+    for r in rows:
+        arr = np.asarray(Image.open(folder / "images" / r["ImageId"]).convert("RGB")).copy()
+        xs.append(torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
     return torch.stack(xs), torch.tensor([int(r["TrueLabel"]) for r in rows])
 
 

@@ -41,7 +41,9 @@ def test_classifier_resizes_and_normalises_inside():
     torch.testing.assert_close(out, torch.full((2, 1000), 0.5))  # (0.75-0.5)/0.5
 
 
-@pytest.mark.parametrize("bad", [torch.rand(3, 8, 8), torch.rand(1, 1, 8, 8), torch.rand(2, 4, 8, 8)])
+@pytest.mark.parametrize(
+    "bad", [torch.rand(3, 8, 8), torch.rand(1, 1, 8, 8), torch.rand(2, 4, 8, 8)]
+)
 def test_classifier_rejects_bad_shapes(bad):
     clf = Classifier(Const(1.0), Preprocess(8))
     with pytest.raises(ValueError, match=r"shape of \(B, 3, H, W\). Got"):

@@ -89,7 +89,7 @@ def test_gradcheck_float64(name):
     keys = list(params)
 
     def f(*ps):
-        return comp.apply(x, dict(zip(keys, ps)))
+        return comp.apply(x, dict(zip(keys, ps, strict=True)))
 
     inputs = tuple(p.clone().requires_grad_(True) for p in params.values())
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-4)

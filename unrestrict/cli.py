@@ -62,7 +62,9 @@ def _pick_device(name: str) -> Any:
     return torch.device("cpu")
 
 
-def _csv_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+def _csv_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -136,6 +138,167 @@ def models_cmd(include_all: bool, as_json: bool) -> None:
     for i in infos:
         ready = "yes" if i.available else "no"
         click.echo(f"{i.name:<{width}}  {i.source:<11}  {i.input_size:>4}  {ready:<5}  {i.origin}")
+
+
+# -- generate ------------------------------------------------------------------------------
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for v in values:
+        key, eq, val = v.partition("=")
+        fam, dot, name = key.partition(".")
+        if not eq or not dot or not fam or not name:
+            raise click.BadParameter(f"expected FAMILY.OPTION=VALUE, got {v!r}", param_hint="--set")
+        out.setdefault(fam.strip(), {})[name.strip()] = val.strip()
+    return out
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(p) for p in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N such as 0/4, got {value!r}",
+                                 param_hint="--shard") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"need 0 <= I < N, got {value!r}", param_hint="--shard")
+    return i, n
+
+
+@cli.command("generate")
+@click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--preset", type=click.Choice(["natural", "baseline"]), default="natural",
+              show_default=True,
+              help="natural: colour+style+geometry with staged minimal budgets. baseline: the "
+                   "contest teams' L-inf DI-MI-FGSM (16/255, 80 steps, CW margin, DI p=0.7).")
+@click.option("--family", callback=_csv_list, default=None, metavar="LIST",
+              help="Comma-separated families, applied in the order geometry, color, style, "
+                   "pixel [default: the preset's].")
+@click.option("--models", callback=_csv_list, default=None, metavar="LIST",
+              help="Attack ensemble (logits averaged) [default: efficientnet_lite0,mobilenet_v2].")
+@click.option("--val-models", callback=_csv_list, default=None, metavar="LIST",
+              help="Held-out models for the per-image budget check; '' to judge with the "
+                   "attack ensemble [default: efficientnet_lite1].")
+@click.option("--stages", type=click.IntRange(1), default=None,
+              help="Budget levels 1/S..1; an image stops once it fools the validation models.")
+@click.option("--steps", type=click.IntRange(0), default=None, help="Optimisation steps per stage.")
+@click.option("--step-size", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Step as a fraction of each parameter's bound [default: 2.5/steps].")
+@click.option("--momentum", type=float, default=None, help="MI-FGSM momentum (decay).")
+@click.option("--loss", type=click.Choice(["margin", "ce"]), default=None,
+              help="CW margin or cross-entropy.")
+@click.option("--kappa", type=float, default=None, help="Cap on the margin loss.")
+@click.option("--di-prob", type=click.FloatRange(0, 1), default=None,
+              help="Input diversity: probability of a random resize-and-pad per image.")
+@click.option("--blur-sigma", type=click.FloatRange(0), default=None,
+              help="TI: Gaussian blur (sigma, working pixels) in the forward graph; 0 = off.")
+@click.option("--reg-weight", type=click.FloatRange(0), default=None,
+              help="Weight of the families' smoothness/size penalties.")
+@click.option("--lpips-weight", type=click.FloatRange(0), default=None,
+              help="Weight of an LPIPS-to-original penalty (costs an AlexNet pass per step).")
+@click.option("--work-size", type=click.IntRange(0), default=None,
+              help="Side length to optimise at (0 = full size) [default: largest model input].")
+@click.option("--val-margin", type=float, default=None,
+              help="Logit margin by which every validation model must be fooled.")
+@click.option("--refine", type=click.IntRange(0), default=None,
+              help="Bisection steps that shrink a successful image towards the original.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None,
+              help="Output JPEG quality; success is judged on the decoded bytes [default: 95].")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Shorthand for --set pixel.eps=EPS/255 (L-inf bound in 0-255 units).")
+@click.option("--set", "set_", multiple=True, metavar="FAMILY.OPTION=VALUE",
+              help="Override a family option, e.g. --set geometry.rotation=2 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds input diversity; CPU runs with one seed are byte-identical.")
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none",
+              show_default=True, help="Mixed precision for model passes (GPU).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Process rows I, I+N, I+2N, ... (torchrun sets this from RANK/WORLD_SIZE).")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave unreadable rows out (listed at the end) instead of stopping.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Only the first N rows of dev.csv.")
+@click.option("--save-params/--no-save-params", default=None,
+              help="Save per-image parameters under OUTPUT_DIR/.unrestrict/params "
+                   "[default: yes, except with the per-pixel family].")
+@batch_options
+@device_option
+@quiet_option
+@_reports_errors
+def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) -> None:
+    """Write an adversarial JPEG for every row of INPUT_DIR/dev.csv into OUTPUT_DIR.
+
+    Outputs keep the input's file names and sizes. Rerunning the same command resumes: images
+    already written and logged are skipped, so a killed run loses nothing. Run metadata (the
+    resolved config, seed, a JSONL log per rank, per-image parameters) is written to
+    OUTPUT_DIR/.unrestrict/.
+
+    \b
+    Examples:
+      unrestrict generate data/sample out/
+      unrestrict generate data/sample out/ --family color --stages 3 --steps 20
+      unrestrict generate data/sample base/ --preset baseline
+      unrestrict generate dev/ out/ --models torchvision:resnet50,efficientnet_lite0 \\
+          --val-models efficientnet_lite1 --amp bf16 -b 32
+      torchrun --nproc-per-node 8 -m unrestrict generate dev/ out/   # 8 GPUs, 8 shards
+    """
+    from .attack import PIXEL_BASELINE, AttackConfig
+    from .generate import GenerateConfig, generate, shard_from_env
+
+    _setup_logging(opts["quiet"])
+    base = PIXEL_BASELINE if preset == "baseline" else AttackConfig()
+    family_options = _parse_set(opts["set_"])
+    if opts["eps"] is not None:
+        family_options.setdefault("pixel", {})["eps"] = str(opts["eps"] / 255)
+    overrides = {
+        k: opts[k]
+        for k in ("stages", "steps", "step_size", "momentum", "loss", "kappa", "di_prob",
+                  "blur_sigma", "reg_weight", "lpips_weight", "work_size", "val_margin",
+                  "refine", "jpeg_quality")
+        if opts[k] is not None
+    }
+    if opts["family"] is not None:
+        overrides["families"] = opts["family"]
+        if "pixel" in opts["family"] and opts["work_size"] is None:
+            overrides["work_size"] = 0
+    if family_options:
+        overrides["family_options"] = family_options
+    attack = dataclasses.replace(base, **overrides)
+    # Check family names and options now, not after the models have loaded.
+    from .perturb import compose
+
+    compose(attack.families, attack.family_options)
+
+    cfg_kwargs: dict[str, Any] = {
+        "attack": attack, "seed": opts["seed"], "amp": opts["amp"], "skip_bad": opts["skip_bad"],
+        "save_params": opts["save_params"], "limit": opts["limit"],
+        "num_workers": opts["num_workers"],
+    }
+    if opts["batch_size"] is not None:
+        cfg_kwargs["batch_size"] = opts["batch_size"]
+    if opts["models"] is not None:
+        cfg_kwargs["models"] = opts["models"]
+    if opts["val_models"] is not None:
+        cfg_kwargs["val_models"] = opts["val_models"]
+    cfg = GenerateConfig(**cfg_kwargs)
+
+    rank, world = _parse_shard(opts["shard"]) or shard_from_env()
+    device = _pick_device(opts["device"])
+    s = generate(input_dir, output_dir, cfg, device=device, rank=rank, world=world,
+                 progress=not opts["quiet"])
+    shard = f" (shard {rank}/{world})" if world > 1 else ""
+    click.echo(
+        f"{output_dir}{shard}: {s.written} written, {s.already_done} already done, "
+        f"{len(s.skipped)} skipped of {s.total}; fooled validation models "
+        f"{s.val_success}/{s.written}, attack ensemble {s.ensemble_success}/{s.written}; "
+        f"{s.seconds:.1f}s"
+    )
+    if s.skipped:
+        click.echo("skipped rows:", err=True)
+        for p in s.skipped:
+            click.echo(f"  - {p}", err=True)
 
 
 def main() -> None:

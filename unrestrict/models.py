@@ -152,7 +152,9 @@ def _torchvision_entry(name: str) -> ModelEntry:
     try:
         w = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError, AttributeError):
-        raise WeightsUnavailableError(f"torchvision has no pretrained classifier {name!r}") from None
+        raise WeightsUnavailableError(
+            f"torchvision has no pretrained classifier {name!r}"
+        ) from None
     if w.meta.get("num_classes", len(w.meta.get("categories", []))) != 1000:
         raise WeightsUnavailableError(f"torchvision {name!r} is not an ImageNet-1k classifier")
     t = w.transforms()

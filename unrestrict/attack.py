@@ -1,0 +1,404 @@
+"""The one optimisation loop. Perturbation families plug into it through :class:`Composite`.
+
+Per batch:
+
+1. Optimise the composite's parameters with momentum sign steps (MI-FGSM generalised to any
+   bounded parameter) on the attack ensemble, through input diversity and an optional
+   Gaussian blur (TI) in the forward graph. For resolution-free families this runs at the
+   models' input size and the result is rendered at full size afterwards.
+2. The budget grows in stages. After each stage every still-active image is rendered at full
+   size, JPEG-encoded at the output quality, decoded, and shown to the held-out validation
+   models. Images that fool all of them stop growing (the contest winner's per-image minimal
+   budget); a short bisection then shrinks their parameters towards the identity while they
+   still fool the validation models.
+3. Images that never fool them keep the strongest result within the bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import kornia.filters as KF
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .jpeg import decode_jpeg, encode_jpeg
+from .models import Ensemble
+from .perturb import NATURAL_FAMILIES, Composite, compose
+from .utils import check_images
+
+__all__ = [
+    "AttackConfig",
+    "Attack",
+    "ImageResult",
+    "LOSSES",
+    "margin_loss",
+    "ce_loss",
+    "input_diversity",
+    "PIXEL_BASELINE",
+]
+
+LossName = Literal["margin", "ce"]
+AmpMode = Literal["none", "bf16", "fp16"]
+Decision = Literal["minimal", "strongest"]
+
+
+def margin_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
+    """CW margin to maximise: best wrong logit minus true logit, capped at ``kappa``. (B,)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    return (wrong - true).clamp(max=kappa)
+
+
+def ce_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
+    """Cross-entropy of the true class, to maximise. (B,)."""
+    return F.cross_entropy(logits, y, reduction="none").clamp(max=kappa)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss}
+
+
+def input_diversity(
+    x: Tensor, prob: float, min_scale: float, generator: torch.Generator
+) -> Tensor:
+    """DI: with probability ``prob`` per image, shrink to a random scale in [min_scale, 1) and
+    place it at a random offset on a zero background; other images pass through untouched.
+
+    Randomness comes from a CPU generator so runs are reproducible on any device.
+    """
+    b = x.shape[0]
+    if prob <= 0:
+        return x
+    chosen = torch.rand(b, generator=generator) < prob
+    scale = min_scale + (1 - min_scale) * torch.rand(b, generator=generator)
+    slack = 1 - scale
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * slack[:, None]
+    if not chosen.any():
+        return x
+    idx = chosen.nonzero().squeeze(1)
+    s, c = scale[idx], shift[idx]
+    theta = torch.zeros(len(idx), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+    theta[:, :, 2] = -c / s[:, None]
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    sub = x[idx.to(x.device)]
+    grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
+    warped = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = x.clone()
+    out[idx.to(x.device)] = warped
+    return out
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Everything that decides what the attack computes (not where or how fast)."""
+
+    families: tuple[str, ...] = NATURAL_FAMILIES
+    family_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stages: int = 4  # budget levels 1/stages, 2/stages, ..., 1
+    steps: int = 25  # optimisation steps per stage
+    step_size: float | None = None  # fraction of a parameter's current bound; None: 2.5/steps
+    momentum: float = 1.0
+    loss: LossName = "margin"
+    kappa: float = 50.0  # margin cap: past it, gradient goes to images that still need it
+    di_prob: float = 0.7
+    di_min_scale: float = 0.9
+    blur_sigma: float = 0.0  # TI: Gaussian blur (working pixels) inside the forward graph
+    reg_weight: float = 0.0  # weight of the families' smoothness/size penalties
+    lpips_weight: float = 0.0  # LPIPS-to-original penalty (needs an LPIPS model)
+    work_size: int | None = None  # None: largest attack-model input; 0: full resolution
+    val_margin: float = 0.0  # a validation model counts as fooled past this margin
+    refine: int = 2  # bisection steps that shrink a successful image's parameters
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.stages >= 1, "stages must be >= 1"),
+            (self.steps >= 0, "steps must be >= 0"),
+            (0 <= self.di_prob <= 1, "di_prob must be in [0, 1]"),
+            (0 < self.di_min_scale <= 1, "di_min_scale must be in (0, 1]"),
+            (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
+            (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
+            (self.refine >= 0, "refine must be >= 0"),
+            (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def effective_step_size(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 / max(self.steps, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["families"] = list(self.families)
+        d["family_options"] = {k: dict(v) for k, v in self.family_options.items()}
+        return d
+
+
+# The classic L-inf transfer attack of the contest's top teams: DI-MI-FGSM with a CW margin
+# loss, 16/255, 80 steps, momentum 1.0, DI p = 0.7, one stage (no minimal budget).
+PIXEL_BASELINE = AttackConfig(
+    families=("pixel",), stages=1, steps=80, momentum=1.0, loss="margin",
+    di_prob=0.7, work_size=0, refine=0,
+)
+
+
+@dataclass
+class ImageResult:
+    """The outcome for one image: the JPEG to write and what is known about it."""
+
+    jpeg: bytes
+    decoded: Tensor  # (3, H, W) uint8, the decoded ``jpeg``
+    params: dict[str, Tensor]  # per-image parameters that produced it (CPU, float32)
+    strength: float  # fraction of the full bounds that was allowed
+    used: float  # largest |p| / bound actually used
+    decision: Decision
+    ensemble_success: bool
+    val_success: bool | None  # None when no validation models were given
+    val_margin: float | None
+
+
+class Attack:
+    """Runs :class:`AttackConfig` against an ensemble, checking on validation models.
+
+    Args:
+        config: the attack settings.
+        ensemble: the attack models (gradients flow through them).
+        val: held-out models for the per-image budget check; ``None`` to judge with the
+            attack ensemble itself.
+        device: where everything runs; images are moved there.
+        amp: mixed precision for the model forward passes.
+        lpips: an LPIPS module, needed when ``config.lpips_weight > 0``.
+    """
+
+    def __init__(
+        self,
+        config: AttackConfig,
+        ensemble: Ensemble,
+        val: Ensemble | None = None,
+        device: torch.device | str = "cpu",
+        amp: AmpMode = "none",
+        lpips: nn.Module | None = None,
+    ) -> None:
+        if config.lpips_weight > 0 and lpips is None:
+            raise ValueError("lpips_weight > 0 needs an LPIPS model")
+        self.config = config
+        self.ensemble = ensemble
+        self.val = val
+        self.device = torch.device(device)
+        self.amp = amp
+        self.lpips = lpips
+        self.composite: Composite = compose(config.families, config.family_options)
+        self.loss_fn = LOSSES[config.loss]
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def work_size(self) -> int | None:
+        """Side length the loop optimises at; ``None`` means each image's own size."""
+        if not self.composite.resolution_free or self.config.work_size == 0:
+            return None
+        return self.config.work_size or self.ensemble.max_input_size
+
+    def objective(
+        self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """The per-image quantity the loop maximises, (B,)."""
+        cfg = self.config
+        x_adv = self.composite.apply(x_work, params)
+        x_in = input_diversity(x_adv, cfg.di_prob, cfg.di_min_scale, generator)
+        if cfg.blur_sigma > 0:
+            k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
+            x_in = KF.gaussian_blur2d(x_in, k, (cfg.blur_sigma, cfg.blur_sigma))
+        with self._autocast():
+            logits = self.ensemble(x_in)
+        obj = self.loss_fn(logits.float(), y, cfg.kappa)
+        if cfg.reg_weight > 0:
+            obj = obj - cfg.reg_weight * self.composite.penalty(params)
+        if cfg.lpips_weight > 0:
+            assert self.lpips is not None
+            d = self.lpips(x_adv * 2 - 1, x_work * 2 - 1, normalize=False).flatten()
+            obj = obj - cfg.lpips_weight * d
+        return obj
+
+    def _step(
+        self,
+        x_work: Tensor,
+        params: dict[str, Tensor],
+        velocity: dict[str, Tensor],
+        y: Tensor,
+        idx: Tensor,
+        strength: Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        """One momentum sign step for the images ``idx``; parameters are updated in place."""
+        sub = {k: v[idx].detach().requires_grad_(True) for k, v in params.items()}
+        obj = self.objective(x_work[idx], sub, y[idx], generator)
+        scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
+        grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
+        step = self.config.effective_step_size
+        limits = self.composite.limits(sub, strength[idx])
+        with torch.no_grad():
+            for (k, p), g in zip(sub.items(), grads, strict=True):
+                # Normalising per image and per tensor keeps one huge gradient (say the
+                # per-pixel delta) from drowning the others in the momentum buffer.
+                g = g / g.abs().reshape(len(g), -1).mean(1).clamp_min(1e-12).view(
+                    -1, *([1] * (g.ndim - 1))
+                )
+                v = self.config.momentum * velocity[k][idx] + g
+                velocity[k][idx] = v
+                params[k][idx] = p.detach() + limits[k] * step * v.sign()
+        self.composite.project_(params, strength)
+
+    @torch.no_grad()
+    def render(self, x_full: Tensor, params: Mapping[str, Tensor]) -> tuple[list[bytes], Tensor]:
+        """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch)."""
+        out = self.composite.apply(x_full, params)
+        blobs = [encode_jpeg(img, self.config.jpeg_quality) for img in out]
+        decoded = torch.stack([decode_jpeg(b) for b in blobs]).to(x_full.device)
+        return blobs, decoded
+
+    @torch.no_grad()
+    def judge(self, decoded: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(val fooled (B,) bool, min val margin (B,), ensemble fooled (B,) bool)."""
+        x = decoded.float() / 255
+        with self._autocast():
+            ens_logits = self.ensemble(x).float()
+            judge = self.val if self.val is not None else self.ensemble
+            each = judge.logits_each(x).float()
+        margins = torch.stack([margin_loss(z, y) for z in each]).amin(0)
+        return margins > self.config.val_margin, margins, ens_logits.argmax(1) != y
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, x: Tensor, y: Tensor, seed: int = 0) -> list[ImageResult]:
+        """Attack one batch of same-size images.
+
+        Args:
+            x: (B, 3, H, W) in [0, 1].
+            y: (B,) true labels.
+            seed: seeds input diversity; same seed, same inputs, same device: same result.
+        """
+        check_images(x)
+        cfg = self.config
+        x = x.to(self.device, torch.float32)
+        y = y.to(self.device)
+        b = x.shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        ws = self.work_size()
+        x_work = x
+        if ws is not None and x.shape[-2:] != (ws, ws):
+            x_work = F.interpolate(x, size=(ws, ws), mode="bicubic", align_corners=False,
+                                   antialias=True).clamp(0, 1)
+        params = self.composite.init_params(x_work)
+        velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+        strength = torch.zeros(b, device=self.device)
+        results: list[ImageResult | None] = [None] * b
+        last_blobs: list[bytes] = []
+        last_decoded = torch.empty(0)
+        levels = [(k + 1) / cfg.stages for k in range(cfg.stages)]
+        prev_level = 0.0
+        active = torch.arange(b, device=self.device)
+        for level in levels:
+            strength[active] = level
+            for _ in range(cfg.steps):
+                self._step(x_work, params, velocity, y, active, strength, generator)
+            sub = {k: v[active] for k, v in params.items()}
+            blobs, decoded = self.render(x[active], sub)
+            fooled, margins, ens_fooled = self.judge(decoded, y[active])
+            is_last = level == levels[-1]
+            finished = fooled if not is_last else torch.ones_like(fooled)
+            win = fooled.nonzero().squeeze(1)
+            refined = self._refine(x[active][win], y[active][win],
+                                   {k: v[win] for k, v in sub.items()},
+                                   prev_level / level) if len(win) else None
+            for j in finished.nonzero().squeeze(1).tolist():
+                i = int(active[j])
+                p_i = {k: v[j].detach().cpu() for k, v in sub.items()}
+                blob, dec, t = blobs[j], decoded[j], 1.0
+                val_ok, m, ens_ok = bool(fooled[j]), float(margins[j]), bool(ens_fooled[j])
+                if val_ok and refined is not None:
+                    r = int((win == j).nonzero())
+                    t, blob, dec, m, ens_ok = (
+                        refined[0][r], refined[1][r], refined[2][r], refined[3][r], refined[4][r]
+                    )
+                    p_i = {k: v * t for k, v in p_i.items()}
+                results[i] = ImageResult(
+                    jpeg=blob,
+                    decoded=dec.cpu(),
+                    params=p_i,
+                    strength=level * t,
+                    used=float(self.composite.relative_size({k: v[None] for k, v in p_i.items()})),
+                    decision="minimal" if val_ok else "strongest",
+                    ensemble_success=ens_ok,
+                    val_success=val_ok if self.val is not None else None,
+                    val_margin=m if self.val is not None else None,
+                )
+            active = active[~finished]
+            prev_level = level
+            last_blobs, last_decoded = blobs, decoded
+            if len(active) == 0:
+                break
+        del last_blobs, last_decoded
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _refine(
+        self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: float
+    ) -> tuple[list[float], list[bytes], list[Tensor], list[float], list[bool]]:
+        """Shrink successful parameters towards the identity by bisection on a scale t.
+
+        Scaling every parameter by t in [floor, 1] stays inside the bounds (they are symmetric
+        boxes around zero). ``hi`` always holds a scale known to fool the validation models.
+        """
+        n = x.shape[0]
+        lo = torch.full((n,), floor)
+        hi = torch.ones(n)
+        best_blobs, best_dec = self.render(x, params)
+        _, best_m, best_ens = self.judge(best_dec, y)
+        best_blobs = list(best_blobs)
+        for _ in range(self.config.refine):
+            mid = (lo + hi) / 2
+            t = mid.to(x.device)
+            scaled = {k: v * t.view(-1, *([1] * (v.ndim - 1))) for k, v in params.items()}
+            blobs, dec = self.render(x, scaled)
+            fooled, m, ens = self.judge(dec, y)
+            fooled = fooled.cpu()
+            hi = torch.where(fooled, mid, hi)
+            lo = torch.where(fooled, lo, mid)
+            for j in fooled.nonzero().squeeze(1).tolist():
+                best_blobs[j], best_dec[j], best_m[j], best_ens[j] = blobs[j], dec[j], m[j], ens[j]
+        return (
+            hi.tolist(),
+            best_blobs,
+            list(best_dec),
+            best_m.tolist(),
+            best_ens.tolist(),
+        )
+
+
+def attack_batch(
+    config: AttackConfig,
+    ensemble: Ensemble,
+    x: Tensor,
+    y: Tensor,
+    val: Ensemble | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[ImageResult]:
+    """Functional shortcut: ``Attack(config, ensemble, val, device).run(x, y, seed)``."""
+    return Attack(config, ensemble, val, device).run(x, y, seed)
+
+
+def stack_params(results: Sequence[ImageResult]) -> dict[str, Tensor]:
+    """Batch the per-image parameters of several results (same shapes) back together."""
+    return {k: torch.stack([r.params[k] for r in results]) for k in results[0].params}
