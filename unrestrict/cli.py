@@ -301,6 +301,138 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
             click.echo(f"  - {p}", err=True)
 
 
+# -- score ---------------------------------------------------------------------------------
+
+@cli.command("score")
+@click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("results", type=click.Path(path_type=Path, exists=True))
+@click.option("--eval-models", callback=_csv_list, default=None, metavar="LIST",
+              help="Classifiers to attack-test on [default: offline models the generate run "
+                   "did not use, read from RESULTS/.unrestrict or --run-dir].")
+@click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              default=None, help="The generate output folder, when RESULTS is a zip.")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
+              show_default=True, help="LPIPS backbone (v0.1 linear heads).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Write the summary (asr, fid, lpips, score, ...) as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Write per-image predictions, success and LPIPS as CSV.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Write an HTML report with a PNG contact sheet to this folder.")
+@click.option("--partial", is_flag=True,
+              help="Score the results present instead of refusing when some are missing.")
+@click.option("--fid-cap", type=click.FloatRange(min=0, min_open=True), default=200.0,
+              show_default=True, help="FID at which the FID factor reaches 0.")
+@click.option("--lpips-low", type=click.FloatRange(0), default=0.2, show_default=True,
+              help="LPIPS up to which the LPIPS factor stays 1.")
+@click.option("--lpips-high", type=click.FloatRange(0), default=0.7, show_default=True,
+              help="LPIPS at which the LPIPS factor reaches 0.")
+@batch_options
+@device_option
+@quiet_option
+@_reports_errors
+def score_cmd(input_dir: Path, results: Path, **opts: Any) -> None:
+    """Estimate the contest score of RESULTS (a folder or an images.zip) against INPUT_DIR.
+
+    Scores the files exactly as they would be submitted: their JPEG bytes are decoded once and
+    fed to the evaluation classifiers (attack success rate), pytorch-fid's Inception (FID
+    between originals and results) and LPIPS (per pair, at full size). The combined score is
+    our reconstruction of the contest formula (see README, "Scoring"):
+
+    \b
+      100 * ASR * sqrt(1 - min(FID, 200)/200) * sqrt(1 - 2*(clip(LPIPS, 0.2, 0.7) - 0.2))
+
+    FID from fewer than 2048 images is biased upwards (rank-deficient covariance): compare
+    such values only between runs on the same images.
+
+    \b
+    Examples:
+      unrestrict score data/sample out/
+      unrestrict score data/sample images.zip --run-dir out/ --json score.json
+      unrestrict score data/sample out/ --eval-models efficientnet_lite2 --report report/
+    """
+    from .metrics import ScoreFormula
+    from .score import ScoreConfig, score
+
+    _setup_logging(opts["quiet"])
+    cfg = ScoreConfig(
+        eval_models=opts["eval_models"] or None,
+        lpips_net=opts["lpips_net"],
+        batch_size=opts["batch_size"] or 16,
+        num_workers=opts["num_workers"],
+        formula=ScoreFormula(opts["fid_cap"], opts["lpips_low"], opts["lpips_high"]),
+        partial=opts["partial"],
+    )
+    result = score(input_dir, results, cfg, device=_pick_device(opts["device"]),
+                   run_dir=opts["run_dir"], progress=not opts["quiet"])
+    s = result.summary
+    if opts["json_path"]:
+        result.write_json(opts["json_path"])
+    if opts["csv_path"]:
+        result.write_csv(opts["csv_path"])
+    if opts["report_dir"]:
+        from .report import write_report
+
+        index = write_report(result, input_dir, results, opts["report_dir"])
+        click.echo(f"report: {index}", err=True)
+    per_model = ", ".join(f"{m} {v:.3f}" for m, v in s["asr_per_model"].items())
+    fid_note = "" if s["fid_full_rank"] else f"  (from {s['n_images']} images: biased, see --help)"
+    missing = f" ({s['n_missing']} missing)" if s["n_missing"] else ""
+    click.echo(
+        f"images           {s['n_images']}{missing}"
+        + f"\neval models      {', '.join(s['eval_models'])}"
+        + f"\nclean accuracy   {s['clean_accuracy']:.3f}"
+        + f"\nASR              {s['asr']:.3f}  ({per_model})"
+        + f"\nASR on correct   {s['asr_on_clean_correct']:.3f}"
+        + f"\nFID              {s['fid']:.2f}{fid_note}"
+        + f"\nLPIPS ({cfg.lpips_net})     {s['lpips']:.4f}  (median "
+        + f"{s['lpips_distribution']['median']:.4f}, p95 {s['lpips_distribution']['p95']:.4f})"
+        + f"\nscore            {s['score']:.2f}"
+    )
+
+
+# -- pack ----------------------------------------------------------------------------------
+
+@cli.command("pack")
+@click.argument("results", required=False,
+                type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--input", "input_dir", required=True,
+              type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="The contest input folder (dev.csv + images/) the results belong to.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              default=Path("images.zip"), show_default=True, help="The zip to write.")
+@click.option("--check", "check_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Validate an existing zip instead of building one.")
+@_reports_errors
+def pack_cmd(results: Path | None, input_dir: Path, output: Path, check_path: Path | None) -> None:
+    """Build the submission zip (images/<ImageId> for every dev.csv row) and validate it.
+
+    Before writing, RESULTS is checked for missing or extra files, names that do not match
+    dev.csv, files that are not decodable JPEGs, sizes that differ from the originals and
+    non-RGB images; every problem is listed and nothing is written. The zip is written
+    atomically and reproducibly (same results, same SHA-256).
+
+    \b
+    Examples:
+      unrestrict pack out/ --input data/sample -o images.zip
+      unrestrict pack --check images.zip --input data/sample
+    """
+    from .pack import check_zip, pack
+
+    if check_path is not None:
+        if results is not None:
+            raise click.UsageError("give either RESULTS to pack or --check ZIP, not both")
+        s = check_zip(check_path, input_dir)
+        verb = "valid"
+    else:
+        if results is None:
+            raise click.UsageError("give RESULTS (a folder) to pack, or --check ZIP")
+        s = pack(results, input_dir, output)
+        verb = "written"
+    click.echo(f"{s.path}: {verb}, {s.count} images, {s.total_bytes} bytes "
+               f"({s.payload_bytes} of JPEG), sha256 {s.sha256}")
+
+
 def main() -> None:
     cli(prog_name="unrestrict")
 

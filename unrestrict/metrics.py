@@ -29,7 +29,8 @@ __all__ = [
     "frechet_distance",
     "FID_FULL_RANK",
     "ScoreFormula",
-    "success_matrix",
+    "SuccessRates",
+    "success_rates",
 ]
 
 LpipsNet = Literal["alex", "vgg"]
@@ -102,9 +103,50 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return float(calculate_frechet_distance(mu1, s1, mu2, s2))
 
 
-def success_matrix(adv_pred: Tensor, labels: Tensor) -> Tensor:
-    """(M, N) predictions and (N,) labels -> (M, N) bool, True where model m is fooled."""
-    return adv_pred != labels.unsqueeze(0)
+@dataclass(frozen=True)
+class SuccessRates:
+    """Attack success and clean accuracy over M evaluation models and N images."""
+
+    asr_per_model: list[float]  # fraction of all images each model gets wrong on the results
+    asr_all_models: float  # fraction of images that fool every model at once
+    asr_on_correct_per_model: list[float]  # among images the model got right originally
+    clean_accuracy_per_model: list[float]
+
+    @property
+    def asr(self) -> float:
+        """The contest's success rate: the mean over evaluation models."""
+        return float(np.mean(self.asr_per_model))
+
+    @property
+    def asr_on_correct(self) -> float:
+        return float(np.nanmean(self.asr_on_correct_per_model))
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(np.mean(self.clean_accuracy_per_model))
+
+
+def success_rates(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray) -> SuccessRates:
+    """From (M, N) predictions on originals and results and (N,) labels.
+
+    An image counts as a success for a model when the model's prediction on the result is not
+    the true label (untargeted), whatever it predicted on the original.
+    """
+    clean_pred, adv_pred, labels = map(np.asarray, (clean_pred, adv_pred, labels))
+    if clean_pred.shape != adv_pred.shape or clean_pred.shape[-1] != labels.shape[0]:
+        raise ValueError(f"shapes differ: {clean_pred.shape}, {adv_pred.shape}, {labels.shape}")
+    correct = clean_pred == labels
+    fooled = adv_pred != labels
+    on_correct = [
+        float(f[c].mean()) if c.any() else float("nan")
+        for f, c in zip(fooled, correct, strict=True)
+    ]
+    return SuccessRates(
+        asr_per_model=fooled.mean(1).tolist(),
+        asr_all_models=float(fooled.all(0).mean()),
+        asr_on_correct_per_model=on_correct,
+        clean_accuracy_per_model=correct.mean(1).tolist(),
+    )
 
 
 @dataclass(frozen=True)

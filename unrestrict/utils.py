@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import torch
 from torch import Tensor
@@ -38,3 +39,8 @@ def generator(seed: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key that puts 2.jpg before 10.jpg."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

@@ -1,0 +1,269 @@
+"""``unrestrict score``: estimate the contest's objective score from the submitted bytes.
+
+One pass over the data: each original and each result is decoded once, and the same batch
+feeds the evaluation classifiers, the FID Inception and LPIPS.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import Row, load_rgb, scan_input
+from .errors import DataError
+from .metrics import (
+    FID_FULL_RANK,
+    FeatureStats,
+    FidFeatures,
+    LpipsMetric,
+    LpipsNet,
+    ScoreFormula,
+    frechet_distance,
+    success_rates,
+)
+from .models import OFFLINE_MODELS, create_ensemble
+from .submission import ResultSource
+
+__all__ = ["ScoreConfig", "ScoreResult", "ImageScore", "score", "default_eval_models"]
+
+logger = logging.getLogger("unrestrict")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    eval_models: tuple[str, ...] | None = None  # None: offline models the run did not use
+    lpips_net: LpipsNet = "alex"
+    batch_size: int = 16
+    num_workers: int = 2
+    formula: ScoreFormula = field(default_factory=ScoreFormula)
+    partial: bool = False  # score only the results present instead of refusing
+
+
+@dataclass
+class ImageScore:
+    image_id: str
+    label: int
+    clean_pred: list[int]
+    adv_pred: list[int]
+    lpips: float
+
+    @property
+    def fooled(self) -> list[bool]:
+        return [p != self.label for p in self.adv_pred]
+
+
+@dataclass
+class ScoreResult:
+    summary: dict[str, Any]
+    images: list[ImageScore]
+
+    def write_json(self, path: Path) -> None:
+        import json
+
+        Path(path).write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+
+    def write_csv(self, path: Path) -> None:
+        models = self.summary["eval_models"]
+        with Path(path).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ImageId", "TrueLabel",
+                        *(f"clean_pred[{m}]" for m in models),
+                        *(f"adv_pred[{m}]" for m in models),
+                        "fooled_models", "success", "lpips"])
+            for im in self.images:
+                w.writerow([im.image_id, im.label, *im.clean_pred, *im.adv_pred,
+                            sum(im.fooled), int(all(im.fooled)), f"{im.lpips:.6f}"])
+
+
+def default_eval_models(results: ResultSource, run_dir: Path | None) -> tuple[list[str], str]:
+    """Offline models not used by the generate run, and a sentence saying how they were chosen."""
+    from .generate import models_used
+
+    run = run_dir or results.run_dir()
+    used = models_used(run) if run is not None else None
+    if used is None:
+        return list(OFFLINE_MODELS), (
+            "no generate run recorded with these results: evaluating on every offline model, "
+            "which may include the attack models (pass --eval-models or --run-dir)"
+        )
+    held_out = [m for m in OFFLINE_MODELS if m not in used]
+    if not held_out:
+        raise DataError(
+            f"every offline model was used by the run ({', '.join(used)}); "
+            "pass --eval-models with models it did not use"
+        )
+    return held_out, f"offline models not used by the run (it used {', '.join(used)})"
+
+
+class _Pairs(Dataset):
+    def __init__(self, images_dir: Path, rows: list[Row], results: ResultSource) -> None:
+        self.images_dir, self.rows, self.results = images_dir, rows, results
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        item: dict[str, Any] = {"row": row, "error": None}
+        try:
+            item["orig"], _ = load_rgb(self.images_dir / row.image_id)
+            data = self.results.read(row.image_id)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                arr = np.asarray(im.convert("RGB")).copy()
+            item["adv"] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            if item["adv"].shape != item["orig"].shape:
+                item["error"] = (f"{row.image_id}: result is {tuple(item['adv'].shape[1:])}, "
+                                 f"original is {tuple(item['orig'].shape[1:])} (H, W)")
+        except (DataError, UnidentifiedImageError, OSError, KeyError) as e:
+            item["error"] = f"{row.image_id}: {e}"
+        return item
+
+
+def _keep_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+def score(
+    input_dir: Path,
+    results_path: Path,
+    cfg: ScoreConfig = ScoreConfig(),
+    device: torch.device | str = "cpu",
+    run_dir: Path | None = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Score the results at ``results_path`` (folder or zip) against ``input_dir``."""
+    device = torch.device(device)
+    inputs = scan_input(Path(input_dir))
+    results = ResultSource(results_path)
+    present = results.names()
+    rows = [r for r in inputs.rows if r.image_id in present]
+    missing = [r.image_id for r in inputs.rows if r.image_id not in present]
+    if missing and not cfg.partial:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise DataError(
+            f"{len(missing)} of {len(inputs.rows)} rows have no result in {results_path} "
+            f"({shown}); use --partial to score only those present"
+        )
+    if len(rows) < 2:
+        raise DataError(f"need at least 2 results to score, found {len(rows)}")
+    if cfg.eval_models:
+        eval_models, why = list(cfg.eval_models), "given with --eval-models"
+    else:
+        eval_models, why = default_eval_models(results, run_dir)
+        if "may include" in why:
+            logger.warning(why)
+    if len(rows) < FID_FULL_RANK:
+        logger.warning(
+            "FID from %d images: below %d the 2048-d covariance is rank-deficient and FID is "
+            "biased upwards; compare it only between runs on the same images", len(rows),
+            FID_FULL_RANK)
+
+    ensemble = create_ensemble(eval_models, device)
+    fid_net = FidFeatures(device)
+    lpips = LpipsMetric(cfg.lpips_net, device)
+    stats_orig, stats_adv = FeatureStats(), FeatureStats()
+    images: list[ImageScore] = []
+    problems: list[str] = []
+    loader = DataLoader(_Pairs(inputs.images_dir, rows, results), batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, collate_fn=_keep_list)
+    start = time.perf_counter()
+    bar = tqdm(total=len(rows), unit="img", desc="score", disable=not progress, dynamic_ncols=True)
+    fooled_so_far = 0
+    with torch.no_grad():
+        for batch in loader:
+            good = [it for it in batch if it["error"] is None]
+            problems += [it["error"] for it in batch if it["error"] is not None]
+            groups: dict[tuple[int, ...], list[dict[str, Any]]] = defaultdict(list)
+            for it in good:
+                groups[tuple(it["orig"].shape)].append(it)
+            for items in groups.values():
+                x = torch.stack([it["orig"] for it in items]).to(device).float() / 255
+                a = torch.stack([it["adv"] for it in items]).to(device).float() / 255
+                clean = ensemble.logits_each(x).argmax(-1).cpu()  # (M, B)
+                adv = ensemble.logits_each(a).argmax(-1).cpu()
+                stats_orig.update(fid_net(x))
+                stats_adv.update(fid_net(a))
+                dist = lpips(a, x).cpu().tolist()
+                for j, it in enumerate(items):
+                    im = ImageScore(it["row"].image_id, it["row"].label,
+                                    clean[:, j].tolist(), adv[:, j].tolist(), dist[j])
+                    images.append(im)
+                    fooled_so_far += all(im.fooled)
+            bar.update(len(batch))
+            bar.set_postfix(fooled_all=f"{fooled_so_far}/{len(images)}")
+    bar.close()
+    if problems:
+        raise DataError(f"{len(problems)} result(s) could not be scored:\n"
+                        + "\n".join(f"  - {p}" for p in problems[:20]))
+    order = {r.image_id: i for i, r in enumerate(rows)}
+    images.sort(key=lambda im: order[im.image_id])
+    summary = _summarise(images, eval_models, why, stats_orig, stats_adv, cfg, input_dir,
+                         results_path, missing, time.perf_counter() - start)
+    return ScoreResult(summary, images)
+
+
+def _summarise(
+    images: list[ImageScore], eval_models: list[str], why: str, stats_orig: FeatureStats,
+    stats_adv: FeatureStats, cfg: ScoreConfig, input_dir: Path, results_path: Path,
+    missing: list[str], seconds: float,
+) -> dict[str, Any]:
+    labels = np.array([im.label for im in images])
+    rates = success_rates(np.array([im.clean_pred for im in images]).T,
+                          np.array([im.adv_pred for im in images]).T, labels)
+    lp = np.array([im.lpips for im in images])
+    fid = frechet_distance(stats_orig, stats_adv)
+    asr = rates.asr
+    f = cfg.formula
+    per_model = functools.partial(zip, eval_models, strict=True)
+    return {
+        "n_images": len(images),
+        "n_missing": len(missing),
+        "eval_models": eval_models,
+        "eval_models_reason": why,
+        "asr": asr,
+        "asr_per_model": dict(per_model(rates.asr_per_model)),
+        "asr_all_models": rates.asr_all_models,
+        "asr_on_clean_correct": rates.asr_on_correct,
+        "asr_on_clean_correct_per_model": dict(per_model(rates.asr_on_correct_per_model)),
+        "clean_accuracy": rates.clean_accuracy,
+        "clean_accuracy_per_model": dict(per_model(rates.clean_accuracy_per_model)),
+        "fid": fid,
+        "fid_full_rank": len(images) >= FID_FULL_RANK,
+        "lpips": float(lp.mean()),
+        "lpips_distribution": {
+            "std": float(lp.std()), "min": float(lp.min()), "p05": float(np.percentile(lp, 5)),
+            "p25": float(np.percentile(lp, 25)), "median": float(np.median(lp)),
+            "p75": float(np.percentile(lp, 75)), "p95": float(np.percentile(lp, 95)),
+            "max": float(lp.max()),
+        },
+        "score": f(asr, fid, float(lp.mean())),
+        "score_factors": {"fid": f.fid_factor(fid), "lpips": f.lpips_factor(float(lp.mean()))},
+        "formula": {**asdict(f), "expression": "100*ASR*sqrt(1-min(FID,fid_cap)/fid_cap)*"
+                    "sqrt(1-(clip(LPIPS,lpips_low,lpips_high)-lpips_low)/(lpips_high-lpips_low))"},
+        "conventions": {
+            "lpips": f"lpips {cfg.lpips_net} v0.1, inputs in [-1,1], at the images' own size",
+            "fid": "pytorch-fid InceptionV3 pool3 (TF inception-2015-12-05 weights), "
+                   "bilinear resize to 299, float64 statistics",
+            "classifiers": "whole image resized (antialiased) to each model's input size",
+            "decoding": "the result files' own bytes, decoded once with PIL",
+        },
+        "input_dir": str(Path(input_dir).resolve()),
+        "results": str(Path(results_path).resolve()),
+        "versions": {"unrestrict": __version__, "torch": torch.__version__},
+        "seconds": seconds,
+    }
