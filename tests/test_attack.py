@@ -80,6 +80,17 @@ def test_same_seed_same_bytes(mobilenet, sample_images):
     assert [r.jpeg for r in a] == [r.jpeg for r in b]
 
 
+def test_bf16_autocast_runs_and_attacks(mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("color", "style"), stages=1, steps=3, refine=0, di_prob=0.0)
+    before = margin_loss(mobilenet(x), y)
+    results = Attack(cfg, mobilenet, amp="bf16").run(x, y)
+    adv = torch.stack([r.decoded for r in results]).float() / 255
+    assert (margin_loss(mobilenet(adv), y) > before).all()
+    # Parameters stay float32 under autocast: tiny sign steps would vanish in bf16.
+    assert all(p.dtype == torch.float32 for r in results for p in r.params.values())
+
+
 def test_pixel_baseline_preset_is_the_contest_recipe():
     b = PIXEL_BASELINE
     assert b.families == ("pixel",) and b.steps == 80 and b.momentum == 1.0

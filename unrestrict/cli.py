@@ -104,7 +104,7 @@ def cli() -> None:
 
     \b
         unrestrict models                          # what can run offline
-        unrestrict generate data/sample out/       # attack (colour, style, geometry)
+        unrestrict generate data/sample out/       # attack (natural colour and style)
         unrestrict score data/sample out/          # ASR, FID, LPIPS, combined score
         unrestrict pack out/ --input data/sample -o images.zip
     """
@@ -171,11 +171,13 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--preset", type=click.Choice(["natural", "baseline"]), default="natural",
               show_default=True,
-              help="natural: colour+style+geometry with staged minimal budgets. baseline: the "
-                   "contest teams' L-inf DI-MI-FGSM (16/255, 80 steps, CW margin, DI p=0.7).")
+              help="natural: colour + style with staged per-image budgets checked on the "
+                   "validation models. baseline: the contest teams' L-inf DI-MI-FGSM (16/255, "
+                   "80 steps, CW margin, DI p=0.7).")
 @click.option("--family", callback=_csv_list, default=None, metavar="LIST",
-              help="Comma-separated families, applied in the order geometry, color, style, "
-                   "pixel [default: the preset's].")
+              help="Comma-separated families from geometry, color, style, pixel (applied in "
+                   "that order) [default: the preset's: color,style or pixel]. Geometry is "
+                   "opt-in: LPIPS charges every shifted pixel.")
 @click.option("--models", callback=_csv_list, default=None, metavar="LIST",
               help="Attack ensemble (logits averaged) [default: efficientnet_lite0,mobilenet_v2].")
 @click.option("--val-models", callback=_csv_list, default=None, metavar="LIST",

@@ -1,9 +1,18 @@
-"""Local style: smooth, spatially varying colour matrices and edge-aware detail blends.
+"""Local style: how a photographer edits one region differently from another.
 
-ReColorAdv-like: a coarse G x G grid of per-cell 3x3 colour matrices plus offsets is
-upsampled bicubically to a smooth field, so the change reads as a photo filter (a warm corner,
-a cooler sky) and never as noise. A second coarse grid blends towards an edge-aware smoothed
-image (negative weight: soften) or away from it (positive: sharpen).
+Three smooth fields, each a coarse per-image grid upsampled bicubically:
+
+* colour (ReColorAdv-like): 3x3 colour matrices plus offsets on a coarse grid, i.e. a
+  white balance that drifts slowly across the frame (a warm corner, a cooler sky);
+* light: a finer grid of exposure gains applied equally to R, G and B, i.e. dodging and
+  burning. It keeps every pixel's hue, so even a fine grid never turns into colour mottling;
+* detail: on the same finer grid, a blend towards an edge-aware smoothed image (negative
+  weight: soften) or away from it (positive: local clarity).
+
+Colour varies only at the coarse scale on purpose: at 8x8 or 16x16 independent colour
+matrices read as rainbow blotches (looked at while tuning), while light and detail at 24x24
+still look like a photo edit, and a finer light grid transfers markedly better to held-out
+models (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -45,6 +54,16 @@ def edge_aware_base(x: Tensor, kernel_size: int = 7, eps: float = 1e-2) -> Tenso
         return KF.guided_blur(x, x, kernel_size, eps, subsample=2)
 
 
+def local_exposure(x: Tensor, log_gain: Tensor) -> Tensor:
+    """``x * exp(g(p))`` with one gain per pixel shared by R, G and B: hue is unchanged.
+
+    Args:
+        x: (B, 3, H, W).
+        log_gain: (B, 1, g, g) log exposure gains.
+    """
+    return x * torch.exp(upsample_field(log_gain, x.shape[-2], x.shape[-1]))
+
+
 def detail_blend(x: Tensor, weight: Tensor, base: Tensor) -> Tensor:
     """``x + w (x - base)``: w > 0 sharpens, w < 0 smooths. weight: (B, 1, g, g)."""
     return x + upsample_field(weight, x.shape[-2], x.shape[-1]) * (x - base)
@@ -52,9 +71,11 @@ def detail_blend(x: Tensor, weight: Tensor, base: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class StyleConfig:
-    grid: int = 4  # cells per side of the coarse grids
+    grid: int = 4  # cells per side of the colour grid
     matrix: float = 0.03  # bound on each colour-matrix deviation
     offset: float = 0.03  # bound on each colour offset
+    light_grid: int = 24  # cells per side of the light and detail grids (21 px at 500)
+    exposure: float = 0.15  # bound on the log exposure gain (about +-16%); 0 switches it off
     detail: float = 0.5  # bound on the detail blend weight; 0 switches the blend off
     detail_kernel: int = 7
     smoothness: float = 4.0  # weight of the grids' total variation in the penalty
@@ -68,17 +89,21 @@ class StyleFamily(Family):
     config: StyleConfig
 
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
-        g = self.config.grid
+        c = self.config
         specs = {
-            "matrix": ParamSpec((9, g, g), self.config.matrix),
-            "offset": ParamSpec((3, g, g), self.config.offset),
+            "matrix": ParamSpec((9, c.grid, c.grid), c.matrix),
+            "offset": ParamSpec((3, c.grid, c.grid), c.offset),
         }
-        if self.config.detail > 0:
-            specs["detail"] = ParamSpec((1, g, g), self.config.detail)
+        if c.exposure > 0:
+            specs["exposure"] = ParamSpec((1, c.light_grid, c.light_grid), c.exposure)
+        if c.detail > 0:
+            specs["detail"] = ParamSpec((1, c.light_grid, c.light_grid), c.detail)
         return specs
 
     def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         y = local_color_transform(x, params["matrix"], params["offset"])
+        if "exposure" in params:
+            y = local_exposure(y, params["exposure"])
         if "detail" in params:
             y = detail_blend(y, params["detail"], edge_aware_base(y, self.config.detail_kernel))
         return y.clamp(0, 1)

@@ -1,0 +1,100 @@
+"""Time per optimisation step against the raw ensemble forward+backward on the same batch.
+
+The reference is what no attack can avoid: the attack ensemble's forward pass on a batch at
+the working size, the loss, and the backward pass to the input. A step adds the perturbation
+families, input diversity, the momentum update and the projection.
+
+    python benchmarks/step_overhead.py --batch-sizes 4,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+
+from _common import command_line, device_line, write_result
+from unrestrict.attack import Attack, AttackConfig, margin_loss
+from unrestrict.models import create_ensemble
+
+MODELS = ("efficientnet_lite0", "mobilenet_v2")
+SETTINGS = {
+    "color": AttackConfig(families=("color",)),
+    "style": AttackConfig(families=("style",)),
+    "geometry": AttackConfig(families=("geometry",)),
+    "natural (all three)": AttackConfig(),
+    "pixel (full 500x500)": AttackConfig(families=("pixel",), work_size=0),
+}
+
+
+def raw_step(ens: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """What every attack pays: ensemble forward, loss, backward to the input."""
+    xi = x.detach().requires_grad_(True)
+    margin_loss(ens(xi), y).sum().backward()
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", default="4,16")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    ens = create_ensemble(MODELS, device)
+    rows = []
+    for b in (int(v) for v in args.batch_sizes.split(",")):
+        gen = torch.Generator().manual_seed(0)
+        full = torch.rand(b, 3, 500, 500, generator=gen).to(device)
+        y = torch.randint(0, 1000, (b,), generator=gen).to(device)
+        for name, cfg in SETTINGS.items():
+            attack = Attack(cfg, ens, device=device)
+            ws = attack.work_size()
+            x = full if ws is None else torch.nn.functional.interpolate(
+                full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
+
+            params = attack.composite.init_params(x)
+            velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+            strength = torch.full((b,), 0.5, device=device)
+            idx = torch.arange(b, device=device)
+            g = torch.Generator().manual_seed(0)
+            t_raw = timed(functools.partial(raw_step, ens, x, y), args.repeats, device)
+            step = functools.partial(attack._step, x, params, velocity, y, idx, strength, g)
+            t_step = timed(step, args.repeats, device)
+            rows.append({"batch": b, "family": name, "work_size": x.shape[-1],
+                         "raw_s": t_raw, "step_s": t_step, "ratio": t_step / t_raw})
+            print(f"b={b:>3} {name:>22}: raw {t_raw * 1e3:7.1f} ms  step {t_step * 1e3:7.1f} ms"
+                  f"  x{t_step / t_raw:.3f}", flush=True)
+    md = ["### Step overhead: one optimisation step vs the raw ensemble forward+backward\n",
+          f"Device: {device_line()}; torch threads {torch.get_num_threads()}  ",
+          f"Command: `{command_line()}`  ",
+          f"Ensemble {' + '.join(MODELS)}; median of {args.repeats} timed steps after 2 warm-ups."
+          " Raw = ensemble forward, margin loss, backward to the input, at the same working "
+          "size. Target: ratio <= 1.10.\n",
+          "| batch | family | working size | raw (ms) | step (ms) | ratio |",
+          "|---|---|---|---|---|---|"]
+    md += [f"| {r['batch']} | {r['family']} | {r['work_size']} | {r['raw_s'] * 1e3:.1f} | "
+           f"{r['step_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in rows]
+    tag = "step_overhead-" + ("gpu" if device.type == "cuda" else "cpu")
+    print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Attack strength on held-out models: each family alone, the natural families together, and
+the contest teams' L-inf DI-MI-FGSM baseline.
+
+Every configuration attacks the same ensemble (efficientnet_lite0 + mobilenet_v2, with
+efficientnet_lite1 for the per-image budget check) and is scored by `unrestrict score` on
+efficientnet_lite2, which no configuration ever sees.
+
+    python benchmarks/strength.py                       # sample set, all configurations
+    python benchmarks/strength.py --only baseline,natural --input benchmarks/work/derived-96
+    python benchmarks/strength.py --config "mine=--family color --val-margin 2"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+from _common import SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
+
+EVAL = "efficientnet_lite2"
+CONFIGS: dict[str, list[str]] = {
+    "baseline": ["--preset", "baseline"],
+    "color": ["--family", "color"],
+    "style": ["--family", "style"],
+    "geometry": ["--family", "geometry"],
+    "natural": [],
+}
+DESCRIPTION = {
+    "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
+    "color": "colour family alone, default staged budget",
+    "style": "style family alone, default staged budget",
+    "geometry": "geometry family alone, default staged budget",
+    "natural": "default: geometry + colour + style, staged budget",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", type=Path, default=SAMPLE)
+    ap.add_argument("--only", default=None, help="comma-separated subset of the configurations")
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=ARGS",
+                    help="an extra configuration: name and generate arguments")
+    ap.add_argument("--tag", default=None, help="result file name [default: strength-<input>]")
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+
+    configs = dict(CONFIGS)
+    for c in args.config:
+        name, _, rest = c.partition("=")
+        configs[name] = shlex.split(rest)
+        DESCRIPTION[name] = rest
+    if args.only:
+        configs = {k: configs[k] for k in args.only.split(",")}
+    tag = args.tag or f"strength-{args.input.name}"
+    n = sum(1 for _ in (args.input / "images").iterdir())
+
+    rows = []
+    for name, extra in configs.items():
+        out = WORK / tag / name
+        shutil.rmtree(out, ignore_errors=True)
+        gen = unrestrict("generate", str(args.input), str(out), "-b", str(args.batch_size),
+                         "-q", *extra)
+        g = run(gen)
+        written = int(re.search(r"(\d+) written", g.stdout).group(1))
+        js = out / ".unrestrict" / "score.json"
+        s = run(unrestrict("score", str(args.input), str(out), "--eval-models", EVAL,
+                           "--json", str(js), "-q"))
+        summary = json.loads(js.read_text())
+        row = {
+            "config": name, "description": DESCRIPTION.get(name, ""),
+            "asr": summary["asr"], "lpips": summary["lpips"], "fid": summary["fid"],
+            "score": summary["score"], "clean_accuracy": summary["clean_accuracy"],
+            "seconds_per_image": g.seconds / max(written, 1), "n_images": summary["n_images"],
+            "generate": " ".join(["unrestrict", *gen[3:]]).replace(str(WORK) + "/", "work/"),
+            "score_seconds": s.seconds,
+        }
+        rows.append(row)
+        print(f"{name:>12}: ASR {row['asr']:.3f}  LPIPS {row['lpips']:.4f}  FID {row['fid']:.1f}"
+              f"  score {row['score']:.2f}  {row['seconds_per_image']:.2f} s/img", flush=True)
+
+    base = next((r for r in rows if r["config"] == "baseline"), None)
+    md = [f"### Attack strength on held-out {EVAL} ({args.input.name}, {n} images)\n",
+          f"Device: {device_line()}  ",
+          f"Command: `{command_line()}`  ",
+          "Attack ensemble efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1;"
+          f" scored on {EVAL} (held out from every configuration). FID from {n} images is "
+          "rank-deficient and biased upwards: compare it between rows only.\n",
+          "| config | held-out ASR | mean LPIPS | FID (biased) | score | vs baseline | s/img |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['score'] / base['score']:.2f}x" if base and base["score"] > 0 else "-"
+        md.append(f"| {r['config']} | {r['asr']:.3f} | {r['lpips']:.4f} | {r['fid']:.1f} | "
+                  f"{r['score']:.2f} | {ratio} | {r['seconds_per_image']:.2f} |")
+    md.append("\nGenerate commands (each followed by "
+              f"`unrestrict score INPUT OUT --eval-models {EVAL}`):\n")
+    md += [f"- {r['config']}: `{r['generate']}`" for r in rows]
+    path = write_result(tag, "\n".join(md) + "\n", rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
