@@ -19,13 +19,15 @@ import torch
 from _common import command_line, device_line, write_result
 from unrestrict.attack import Attack, AttackConfig, margin_loss
 from unrestrict.models import create_ensemble
+from unrestrict.utils import keep_freed_memory
 
 MODELS = ("efficientnet_lite0", "mobilenet_v2")
 SETTINGS = {
     "color": AttackConfig(families=("color",)),
     "style": AttackConfig(families=("style",)),
     "geometry": AttackConfig(families=("geometry",)),
-    "natural (all three)": AttackConfig(),
+    "default (color+style)": AttackConfig(),
+    "color+style+geometry": AttackConfig(families=("color", "style", "geometry")),
     "pixel (full 500x500)": AttackConfig(families=("pixel",), work_size=0),
 }
 
@@ -36,27 +38,39 @@ def raw_step(ens: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     margin_loss(ens(xi), y).sum().backward()
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
+def _once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def timed_pair(a, b, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Medians of a and b, measured alternately so that machine drift hits both alike.
+
+    On a shared CPU the same kernel's time can swing by 2x between calls; interleaving and
+    medians keep the ratio honest.
+    """
     for _ in range(2):
-        fn()
-    times = []
+        a()
+        b()
+    ta, tb = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        ta.append(_once(a, device))
+        tb.append(_once(b, device))
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="4,16")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    kept = keep_freed_memory()  # as the CLI does; without it page faults dominate the noise
     device = torch.device(args.device)
     ens = create_ensemble(MODELS, device)
     rows = []
@@ -75,9 +89,9 @@ def main() -> None:
             strength = torch.full((b,), 0.5, device=device)
             idx = torch.arange(b, device=device)
             g = torch.Generator().manual_seed(0)
-            t_raw = timed(functools.partial(raw_step, ens, x, y), args.repeats, device)
+            raw = functools.partial(raw_step, ens, x, y)
             step = functools.partial(attack._step, x, params, velocity, y, idx, strength, g)
-            t_step = timed(step, args.repeats, device)
+            t_raw, t_step = timed_pair(raw, step, args.repeats, device)
             rows.append({"batch": b, "family": name, "work_size": x.shape[-1],
                          "raw_s": t_raw, "step_s": t_step, "ratio": t_step / t_raw})
             print(f"b={b:>3} {name:>22}: raw {t_raw * 1e3:7.1f} ms  step {t_step * 1e3:7.1f} ms"
@@ -85,7 +99,9 @@ def main() -> None:
     md = ["### Step overhead: one optimisation step vs the raw ensemble forward+backward\n",
           f"Device: {device_line()}; torch threads {torch.get_num_threads()}  ",
           f"Command: `{command_line()}`  ",
-          f"Ensemble {' + '.join(MODELS)}; median of {args.repeats} timed steps after 2 warm-ups."
+          f"glibc keeps freed memory: {kept} (as in the CLI). "
+          f"Ensemble {' + '.join(MODELS)}; medians of {args.repeats} raw and {args.repeats} "
+          "attack steps, measured alternately after 2 warm-ups of each."
           " Raw = ensemble forward, margin loss, backward to the input, at the same working "
           "size. Target: ratio <= 1.10.\n",
           "| batch | family | working size | raw (ms) | step (ms) | ratio |",

@@ -28,14 +28,27 @@ CONFIGS: dict[str, list[str]] = {
     "style": ["--family", "style"],
     "geometry": ["--family", "geometry"],
     "natural": [],
+    "natural+geometry": ["--family", "color,style,geometry"],
+    "natural, full budget": ["--stages", "1", "--steps", "40", "--refine", "0"],
+    "natural, JPEG q85": ["--jpeg-quality", "85"],
+    "natural, JPEG q75": ["--jpeg-quality", "75"],
 }
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
-    "color": "colour family alone, default staged budget",
-    "style": "style family alone, default staged budget",
-    "geometry": "geometry family alone, default staged budget",
-    "natural": "default: geometry + colour + style, staged budget",
+    "color": "colour family alone, staged budget",
+    "style": "style family alone, staged budget",
+    "geometry": "geometry family alone, staged budget",
+    "natural": "the default: colour + style, staged per-image budget, JPEG q95",
+    "natural+geometry": "colour + style + geometry, staged budget",
+    "natural, full budget": "colour + style, one stage at full bounds (no minimal budget)",
+    "natural, JPEG q85": "the default at JPEG quality 85",
+    "natural, JPEG q75": "the default at JPEG quality 75",
 }
+
+
+def _mean_bytes(out: Path) -> float:
+    files = [p for p in out.iterdir() if p.is_file()]
+    return sum(p.stat().st_size for p in files) / max(len(files), 1)
 
 
 def main() -> None:
@@ -46,6 +59,8 @@ def main() -> None:
                     help="an extra configuration: name and generate arguments")
     ap.add_argument("--tag", default=None, help="result file name [default: strength-<input>]")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--baseline-from", type=Path, default=None,
+                    help="a results .json of an earlier run on the same input, for the ratios")
     args = ap.parse_args()
 
     configs = dict(CONFIGS)
@@ -74,15 +89,23 @@ def main() -> None:
             "config": name, "description": DESCRIPTION.get(name, ""),
             "asr": summary["asr"], "lpips": summary["lpips"], "fid": summary["fid"],
             "score": summary["score"], "clean_accuracy": summary["clean_accuracy"],
+            # 100 * ASR * LPIPS factor: the formula without its FID term, because FID from
+            # a few dozen images is dominated by its small-sample bias.
+            "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
+            "bytes_per_image": _mean_bytes(out),
             "seconds_per_image": g.seconds / max(written, 1), "n_images": summary["n_images"],
             "generate": " ".join(["unrestrict", *gen[3:]]).replace(str(WORK) + "/", "work/"),
             "score_seconds": s.seconds,
         }
         rows.append(row)
-        print(f"{name:>12}: ASR {row['asr']:.3f}  LPIPS {row['lpips']:.4f}  FID {row['fid']:.1f}"
-              f"  score {row['score']:.2f}  {row['seconds_per_image']:.2f} s/img", flush=True)
+        print(f"{name:>22}: ASR {row['asr']:.3f}  LPIPS {row['lpips']:.4f}  FID {row['fid']:.1f}"
+              f"  score {row['score']:.2f} (no FID {row['score_no_fid']:.2f})"
+              f"  {row['seconds_per_image']:.2f} s/img", flush=True)
 
     base = next((r for r in rows if r["config"] == "baseline"), None)
+    if base is None and args.baseline_from:
+        base = next(r for r in json.loads(args.baseline_from.read_text())
+                    if r["config"] == "baseline")
     md = [f"### Attack strength on held-out {EVAL} ({args.input.name}, {n} images)\n",
           f"Device: {device_line()}  ",
           f"Command: `{command_line()}`  ",

@@ -34,3 +34,12 @@ def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "unrestrict", "--help"],
                          capture_output=True, text=True, check=True)
     assert "generate" in out.stdout
+
+
+def test_keep_freed_memory_respects_user_malloc_settings(monkeypatch):
+    from unrestrict.utils import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert keep_freed_memory() in (True, False)  # True on glibc, False elsewhere

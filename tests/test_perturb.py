@@ -179,3 +179,34 @@ def test_create_family_errors_name_the_valid_choices():
 def test_family_options_are_typed():
     fam = create_family("geometry", {"rotation": "2.5", "flow_grid": "4"})
     assert fam.config.rotation == 2.5 and fam.config.flow_grid == 4
+
+
+def test_upsample_field_is_torch_bicubic():
+    import torch.nn.functional as F
+
+    from unrestrict.perturb.base import upsample_field
+
+    g = torch.randn(2, 5, 4, 7, dtype=torch.float64)
+    ref = F.interpolate(g, size=(33, 50), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(upsample_field(g, 33, 50), ref, atol=1e-12, rtol=0)
+    const = torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(upsample_field(const, 20, 20), torch.full((1, 1, 20, 20), 0.3,
+                                                                          dtype=torch.float64))
+
+
+def test_chroma_matrix_is_a_rotation_of_yuv_chroma():
+    import kornia.color as KC
+
+    from unrestrict.perturb.color import adjust_chroma
+
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    sat = torch.tensor([0.2, -0.1], dtype=torch.float64)
+    hue = torch.tensor([0.3, -0.5], dtype=torch.float64)
+    yuv = KC.rgb_to_yuv(x)
+    s = torch.exp(sat).view(-1, 1, 1)
+    c, n = torch.cos(hue).view(-1, 1, 1) * s, torch.sin(hue).view(-1, 1, 1) * s
+    u, v = yuv[:, 1], yuv[:, 2]
+    ref = KC.yuv_to_rgb(torch.stack([yuv[:, 0], c * u - n * v, n * u + c * v], 1))
+    torch.testing.assert_close(adjust_chroma(x, sat, hue), ref, atol=1e-12, rtol=0)
+    # Luma is untouched by chroma changes.
+    torch.testing.assert_close(KC.rgb_to_yuv(adjust_chroma(x, sat, hue))[:, 0], yuv[:, 0])

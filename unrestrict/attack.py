@@ -17,7 +17,7 @@ Per batch:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -153,6 +153,17 @@ PIXEL_BASELINE = AttackConfig(
 
 
 @dataclass
+class _Candidate:
+    """One rendered result and what the validation models made of it."""
+
+    jpeg: bytes
+    decoded: Tensor  # (3, H, W) uint8
+    fooled: bool  # every validation model fooled by more than val_margin
+    margin: float  # smallest margin over the validation models
+    ens_fooled: bool  # the attack ensemble misclassifies it
+
+
+@dataclass
 class ImageResult:
     """The outcome for one image: the JPEG to write and what is known about it."""
 
@@ -244,23 +255,33 @@ class Attack:
         generator: torch.Generator,
     ) -> None:
         """One momentum sign step for the images ``idx``; parameters are updated in place."""
-        sub = {k: v[idx].detach().requires_grad_(True) for k, v in params.items()}
-        obj = self.objective(x_work[idx], sub, y[idx], generator)
+        # While every image is active (the common case) work on the tensors themselves:
+        # gathering and scattering a full-size per-pixel parameter costs a copy each way.
+        whole = len(idx) == x_work.shape[0]
+        sub = {
+            k: (v if whole else v[idx]).detach().requires_grad_(True) for k, v in params.items()
+        }
+        obj = self.objective(x_work if whole else x_work[idx], sub, y if whole else y[idx],
+                             generator)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
         step = self.config.effective_step_size
-        limits = self.composite.limits(sub, strength[idx])
+        limits = self.composite.limits(sub, strength if whole else strength[idx])
         with torch.no_grad():
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 # Normalising per image and per tensor keeps one huge gradient (say the
                 # per-pixel delta) from drowning the others in the momentum buffer.
-                g = g / g.abs().reshape(len(g), -1).mean(1).clamp_min(1e-12).view(
-                    -1, *([1] * (g.ndim - 1))
-                )
-                v = self.config.momentum * velocity[k][idx] + g
-                velocity[k][idx] = v
-                params[k][idx] = p.detach() + limits[k] * step * v.sign()
-        self.composite.project_(params, strength)
+                norm = g.abs().reshape(len(g), -1).mean(1).clamp_min(1e-12)
+                g = g / norm.view(-1, *([1] * (g.ndim - 1)))
+                if whole:
+                    v = velocity[k].mul_(self.config.momentum).add_(g)
+                    p = p.detach().add_(limits[k] * step * v.sign())
+                    params[k] = p.clamp_(min=-limits[k], max=limits[k])
+                else:
+                    v = self.config.momentum * velocity[k][idx] + g
+                    velocity[k][idx] = v
+                    p = p.detach() + limits[k] * step * v.sign()
+                    params[k][idx] = torch.maximum(torch.minimum(p, limits[k]), -limits[k])
 
     @torch.no_grad()
     def render(self, x_full: Tensor, params: Mapping[str, Tensor]) -> tuple[list[bytes], Tensor]:
@@ -306,8 +327,6 @@ class Attack:
         velocity = {k: torch.zeros_like(v) for k, v in params.items()}
         strength = torch.zeros(b, device=self.device)
         results: list[ImageResult | None] = [None] * b
-        last_blobs: list[bytes] = []
-        last_decoded = torch.empty(0)
         levels = [(k + 1) / cfg.stages for k in range(cfg.stages)]
         prev_level = 0.0
         active = torch.arange(b, device=self.device)
@@ -316,92 +335,73 @@ class Attack:
             for _ in range(cfg.steps):
                 self._step(x_work, params, velocity, y, active, strength, generator)
             sub = {k: v[active] for k, v in params.items()}
-            blobs, decoded = self.render(x[active], sub)
-            fooled, margins, ens_fooled = self.judge(decoded, y[active])
-            is_last = level == levels[-1]
-            finished = fooled if not is_last else torch.ones_like(fooled)
-            win = fooled.nonzero().squeeze(1)
-            refined = self._refine(x[active][win], y[active][win],
-                                   {k: v[win] for k, v in sub.items()},
-                                   prev_level / level) if len(win) else None
-            for j in finished.nonzero().squeeze(1).tolist():
-                i = int(active[j])
-                p_i = {k: v[j].detach().cpu() for k, v in sub.items()}
-                blob, dec, t = blobs[j], decoded[j], 1.0
-                val_ok, m, ens_ok = bool(fooled[j]), float(margins[j]), bool(ens_fooled[j])
-                if val_ok and refined is not None:
-                    r = int((win == j).nonzero())
-                    t, blob, dec, m, ens_ok = (
-                        refined[0][r], refined[1][r], refined[2][r], refined[3][r], refined[4][r]
-                    )
-                    p_i = {k: v * t for k, v in p_i.items()}
-                results[i] = ImageResult(
-                    jpeg=blob,
-                    decoded=dec.cpu(),
-                    params=p_i,
-                    strength=level * t,
-                    used=float(self.composite.relative_size({k: v[None] for k, v in p_i.items()})),
-                    decision="minimal" if val_ok else "strongest",
-                    ensemble_success=ens_ok,
-                    val_success=val_ok if self.val is not None else None,
-                    val_margin=m if self.val is not None else None,
-                )
-            active = active[~finished]
+            cands = self._evaluate(x[active], y[active], sub)
+            scales = [1.0] * len(cands)
+            won = [j for j, c in enumerate(cands) if c.fooled]
+            if won and cfg.refine:
+                w = torch.tensor(won, device=self.device)
+                won_params = {k: v[w] for k, v in sub.items()}
+                t, best = self._refine(x[active][w], y[active][w], won_params,
+                                       prev_level / level, [cands[j] for j in won])
+                for j, tj, c in zip(won, t, best, strict=True):
+                    scales[j], cands[j] = tj, c
+            last = level == levels[-1]
+            for j, c in enumerate(cands):
+                if c.fooled or last:
+                    p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
+                    results[int(active[j])] = self._result(c, p_j, level * scales[j])
+            keep = torch.tensor([not (c.fooled or last) for c in cands], device=self.device)
+            active = active[keep]
             prev_level = level
-            last_blobs, last_decoded = blobs, decoded
             if len(active) == 0:
                 break
-        del last_blobs, last_decoded
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
+    def _evaluate(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor]) -> list[_Candidate]:
+        """Render at full size, round-trip through JPEG, and judge each image."""
+        blobs, decoded = self.render(x, params)
+        fooled, margins, ens_fooled = self.judge(decoded, y)
+        return [
+            _Candidate(blob, dec, bool(f), float(m), bool(e))
+            for blob, dec, f, m, e in zip(blobs, decoded, fooled, margins, ens_fooled, strict=True)
+        ]
+
+    def _result(self, c: _Candidate, params: dict[str, Tensor], strength: float) -> ImageResult:
+        has_val = self.val is not None
+        return ImageResult(
+            jpeg=c.jpeg,
+            decoded=c.decoded.cpu(),
+            params=params,
+            strength=strength,
+            used=float(self.composite.relative_size({k: v[None] for k, v in params.items()})),
+            decision="minimal" if c.fooled else "strongest",
+            ensemble_success=c.ens_fooled,
+            val_success=c.fooled if has_val else None,
+            val_margin=c.margin if has_val else None,
+        )
+
     def _refine(
-        self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: float
-    ) -> tuple[list[float], list[bytes], list[Tensor], list[float], list[bool]]:
+        self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: float,
+        found: list[_Candidate],
+    ) -> tuple[list[float], list[_Candidate]]:
         """Shrink successful parameters towards the identity by bisection on a scale t.
 
         Scaling every parameter by t in [floor, 1] stays inside the bounds (they are symmetric
-        boxes around zero). ``hi`` always holds a scale known to fool the validation models.
+        boxes around zero). ``hi`` always holds a scale known to fool the validation models,
+        and ``best`` the candidate rendered at it (``found`` at t = 1).
         """
         n = x.shape[0]
         lo = torch.full((n,), floor)
         hi = torch.ones(n)
-        best_blobs, best_dec = self.render(x, params)
-        _, best_m, best_ens = self.judge(best_dec, y)
-        best_blobs = list(best_blobs)
+        best = list(found)
         for _ in range(self.config.refine):
             mid = (lo + hi) / 2
             t = mid.to(x.device)
             scaled = {k: v * t.view(-1, *([1] * (v.ndim - 1))) for k, v in params.items()}
-            blobs, dec = self.render(x, scaled)
-            fooled, m, ens = self.judge(dec, y)
-            fooled = fooled.cpu()
-            hi = torch.where(fooled, mid, hi)
-            lo = torch.where(fooled, lo, mid)
-            for j in fooled.nonzero().squeeze(1).tolist():
-                best_blobs[j], best_dec[j], best_m[j], best_ens[j] = blobs[j], dec[j], m[j], ens[j]
-        return (
-            hi.tolist(),
-            best_blobs,
-            list(best_dec),
-            best_m.tolist(),
-            best_ens.tolist(),
-        )
-
-
-def attack_batch(
-    config: AttackConfig,
-    ensemble: Ensemble,
-    x: Tensor,
-    y: Tensor,
-    val: Ensemble | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> list[ImageResult]:
-    """Functional shortcut: ``Attack(config, ensemble, val, device).run(x, y, seed)``."""
-    return Attack(config, ensemble, val, device).run(x, y, seed)
-
-
-def stack_params(results: Sequence[ImageResult]) -> dict[str, Tensor]:
-    """Batch the per-image parameters of several results (same shapes) back together."""
-    return {k: torch.stack([r.params[k] for r in results]) for k in results[0].params}
+            for j, c in enumerate(self._evaluate(x, y, scaled)):
+                if c.fooled:
+                    hi[j], best[j] = mid[j], c
+                else:
+                    lo[j] = mid[j]
+        return hi.tolist(), best

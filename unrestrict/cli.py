@@ -436,6 +436,9 @@ def pack_cmd(results: Path | None, input_dir: Path, output: Path, check_path: Pa
 
 
 def main() -> None:
+    from .utils import keep_freed_memory
+
+    keep_freed_memory()
     cli(prog_name="unrestrict")
 
 

@@ -6,6 +6,7 @@ and shardable (``torchrun`` sets RANK/WORLD_SIZE; each rank takes rows ``rank::w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -197,7 +198,6 @@ def generate(
     loader = make_loader(inputs.images_dir, todo, cfg.batch_size, cfg.num_workers)
     try:
         for batch in loader:
-            t0 = time.perf_counter()
             bad = [it for it in batch if it["error"] is not None]
             for it in bad:
                 if not cfg.skip_bad:
@@ -216,13 +216,14 @@ def generate(
                 groups[tuple(it["image"].shape[-2:])].append(it)
             records = []
             for items in groups.values():
+                t_group = time.perf_counter()
                 names = [it["row"].image_id for it in items]
                 x = torch.stack([it["image"] for it in items]).to(device).float() / 255
                 y = torch.tensor([it["row"].label for it in items], device=device)
                 results = attack.run(x, y, seed=derive_seed(cfg.seed, *names))
                 adv = torch.stack([r.decoded for r in results]).to(device).float() / 255
                 dists = lpips_metric(adv, x).tolist()
-                per_image = (time.perf_counter() - t0) / len(good)
+                per_image = (time.perf_counter() - t_group) / len(items)
                 for it, r, d in zip(items, results, dists, strict=True):
                     records.append(_finish(it["row"], r, d, per_image, output_dir, meta,
                                            save_params, cfg))
@@ -249,8 +250,6 @@ def _finish(
     """Write one image (and its parameters), and return its log record."""
     write_atomic(output_dir / row.image_id, r.jpeg)
     if save_params:
-        import io
-
         buf = io.BytesIO()
         torch.save({k: v.contiguous() for k, v in r.params.items()}, buf)
         write_atomic(meta / "params" / f"{row.image_id}.pt", buf.getvalue())

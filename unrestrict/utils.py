@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import re
+import sys
 
 import torch
 from torch import Tensor
@@ -44,3 +47,28 @@ def generator(seed: int, device: torch.device) -> torch.Generator:
 def natural_key(name: str) -> list[int | str]:
     """Sort key that puts 2.jpg before 10.jpg."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    A CPU attack step frees and reallocates hundreds of MB of activations. With glibc's
+    defaults those blocks are unmapped after every step and page-faulted back in on the
+    next one: on a 2-core machine that cost up to 240k page faults and 10-60% of a batch-16
+    step, and made step times erratic; with freed memory kept, a step ran at a steady speed
+    with no page faults (benchmarks/RESULTS.md). The price is that the process keeps its peak
+    heap, which a long run reaches in its first batch anyway.
+
+    The process owner (the CLI, a benchmark) calls this once; library code never does. Does
+    nothing and returns False off Linux/glibc, or when the user set MALLOC_* variables.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(
+            libc.mallopt(m_trim_threshold, 2**31 - 1)
+        )
+    except (OSError, AttributeError):
+        return False

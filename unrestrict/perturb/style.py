@@ -6,8 +6,8 @@ Three smooth fields, each a coarse per-image grid upsampled bicubically:
   white balance that drifts slowly across the frame (a warm corner, a cooler sky);
 * light: a finer grid of exposure gains applied equally to R, G and B, i.e. dodging and
   burning. It keeps every pixel's hue, so even a fine grid never turns into colour mottling;
-* detail: on the same finer grid, a blend towards an edge-aware smoothed image (negative
-  weight: soften) or away from it (positive: local clarity).
+* detail: on the same finer grid, a blend towards an edge-aware smoothed luminance
+  (negative weight: soften) or away from it (positive: local clarity).
 
 Colour varies only at the coarse scale on purpose: at 8x8 or 16x16 independent colour
 matrices read as rainbow blotches (looked at while tuning), while light and detail at 24x24
@@ -20,13 +20,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import kornia.color as KC
 import kornia.filters as KF
 import torch
 from torch import Tensor
 
 from .base import Family, ParamSpec, grid_tv, register_family, upsample_field
 
-__all__ = ["StyleFamily", "StyleConfig", "local_color_transform", "detail_blend"]
+__all__ = [
+    "StyleFamily",
+    "StyleConfig",
+    "local_color_transform",
+    "local_exposure",
+    "luminance_detail",
+    "detail_blend",
+]
 
 
 def local_color_transform(x: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
@@ -40,18 +48,25 @@ def local_color_transform(x: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
     b, _, h, w = x.shape
     m = upsample_field(matrix, h, w).view(b, 3, 3, h, w)
     o = upsample_field(offset, h, w)
-    return x + torch.einsum("bijhw,bjhw->bihw", m, x) + o
+    # Broadcast-multiply-sum: half the time of the equivalent einsum on the CPU.
+    return x + (m * x.unsqueeze(1)).sum(2) + o
 
 
-def edge_aware_base(x: Tensor, kernel_size: int = 7, eps: float = 1e-2) -> Tensor:
-    """The smooth base layer of ``x`` by a self-guided filter, without gradients.
+def luminance_detail(x: Tensor, kernel_size: int = 7, eps: float = 1e-2) -> Tensor:
+    """Luminance minus its edge-aware (self-guided filter) smoothing, without gradients.
 
-    A guided filter with gradients costs about 40% of a two-model ensemble step on the CPU, so
-    the base layer is treated as a constant of the step: the blend weights still get exact
-    gradients and only the upstream families lose the (small) term through the filter.
+    Detail is taken from luminance only, as photo editors sharpen: blending it into R, G and
+    B alike never makes colour fringes. A guided filter with gradients costs about 40% of a
+    two-model ensemble step on the CPU, so the detail layer is a constant of the step: the
+    blend weights still get exact gradients; only the upstream families lose the small term
+    through the filter.
+
+    Returns:
+        (B, 1, H, W).
     """
     with torch.no_grad():
-        return KF.guided_blur(x, x, kernel_size, eps, subsample=2)
+        luma = KC.rgb_to_grayscale(x)
+        return luma - KF.guided_blur(luma, luma, kernel_size, eps, subsample=2)
 
 
 def local_exposure(x: Tensor, log_gain: Tensor) -> Tensor:
@@ -64,9 +79,15 @@ def local_exposure(x: Tensor, log_gain: Tensor) -> Tensor:
     return x * torch.exp(upsample_field(log_gain, x.shape[-2], x.shape[-1]))
 
 
-def detail_blend(x: Tensor, weight: Tensor, base: Tensor) -> Tensor:
-    """``x + w (x - base)``: w > 0 sharpens, w < 0 smooths. weight: (B, 1, g, g)."""
-    return x + upsample_field(weight, x.shape[-2], x.shape[-1]) * (x - base)
+def detail_blend(x: Tensor, weight: Tensor, detail: Tensor) -> Tensor:
+    """``x + w * detail``: w > 0 sharpens, w < 0 smooths.
+
+    Args:
+        x: (B, 3, H, W).
+        weight: (B, 1, g, g) blend weights.
+        detail: (B, 1, H, W) or (B, 3, H, W) detail layer (image minus its smoothing).
+    """
+    return x + upsample_field(weight, x.shape[-2], x.shape[-1]) * detail
 
 
 @dataclass(frozen=True)
@@ -105,7 +126,7 @@ class StyleFamily(Family):
         if "exposure" in params:
             y = local_exposure(y, params["exposure"])
         if "detail" in params:
-            y = detail_blend(y, params["detail"], edge_aware_base(y, self.config.detail_kernel))
+            y = detail_blend(y, params["detail"], luminance_detail(y, self.config.detail_kernel))
         return y.clamp(0, 1)
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
