@@ -60,8 +60,15 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="result file name [default: strength-<input>]")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--baseline-from", type=Path, default=None,
-                    help="a results .json of an earlier run on the same input, for the ratios")
+                    help="take the baseline row from an earlier run's .json on the same input")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="only re-render the table of an existing results .json")
     args = ap.parse_args()
+    if args.render:
+        doc = json.loads(args.render.read_text())
+        path = write_result(args.render.stem, render(doc["meta"], doc["rows"]), doc)
+        print(f"wrote {path}")
+        return
 
     configs = dict(CONFIGS)
     for c in args.config:
@@ -102,27 +109,48 @@ def main() -> None:
               f"  score {row['score']:.2f} (no FID {row['score_no_fid']:.2f})"
               f"  {row['seconds_per_image']:.2f} s/img", flush=True)
 
+    meta = {"command": command_line(), "device": device_line(), "input": args.input.name,
+            "n_images": n}
+    if args.baseline_from:
+        prior = json.loads(args.baseline_from.read_text())
+        meta["baseline_from"] = str(args.baseline_from)
+        rows = [r for r in prior["rows"] if r["config"] == "baseline"] + rows
+    path = write_result(tag, render(meta, rows), {"meta": meta, "rows": rows})
+    print(f"wrote {path}")
+
+
+def render(meta: dict, rows: list[dict]) -> str:
+    """The markdown table of one run, from the values it measured."""
+    n = meta["n_images"]
     base = next((r for r in rows if r["config"] == "baseline"), None)
-    if base is None and args.baseline_from:
-        base = next(r for r in json.loads(args.baseline_from.read_text())
-                    if r["config"] == "baseline")
-    md = [f"### Attack strength on held-out {EVAL} ({args.input.name}, {n} images)\n",
-          f"Device: {device_line()}  ",
-          f"Command: `{command_line()}`  ",
+
+    def ratio(key: str, r: dict) -> str:
+        if base is None or base[key] <= 0:
+            return "-"
+        return f"{r[key] / base[key]:.2f}x"
+
+    md = [f"### Attack strength on held-out {EVAL} ({meta['input']}, {n} images)\n",
+          f"Device: {meta['device']}  ",
+          f"Command: `{meta['command']}`  ",
           "Attack ensemble efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1;"
           f" scored on {EVAL} (held out from every configuration). FID from {n} images is "
-          "rank-deficient and biased upwards: compare it between rows only.\n",
-          "| config | held-out ASR | mean LPIPS | FID (biased) | score | vs baseline | s/img |",
-          "|---|---|---|---|---|---|---|"]
+          "rank-deficient and biased upwards, far above what the same change scores on "
+          "thousands of images: compare it between rows only. `score` is the full formula with "
+          "that FID; `no-FID score` = 100 * ASR * LPIPS factor.\n",
+          "| config | held-out ASR | mean LPIPS | FID (biased) | score | vs baseline | "
+          "no-FID score | vs baseline | s/img | KB/img |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r['score'] / base['score']:.2f}x" if base and base["score"] > 0 else "-"
         md.append(f"| {r['config']} | {r['asr']:.3f} | {r['lpips']:.4f} | {r['fid']:.1f} | "
-                  f"{r['score']:.2f} | {ratio} | {r['seconds_per_image']:.2f} |")
+                  f"{r['score']:.2f} | {ratio('score', r)} | {r['score_no_fid']:.2f} | "
+                  f"{ratio('score_no_fid', r)} | {r['seconds_per_image']:.2f} | "
+                  f"{r['bytes_per_image'] / 1024:.0f} |")
+    if "baseline_from" in meta:
+        md.append(f"\nThe baseline row is taken from `{meta['baseline_from']}` (same input).")
     md.append("\nGenerate commands (each followed by "
               f"`unrestrict score INPUT OUT --eval-models {EVAL}`):\n")
-    md += [f"- {r['config']}: `{r['generate']}`" for r in rows]
-    path = write_result(tag, "\n".join(md) + "\n", rows)
-    print(f"wrote {path}")
+    md += [f"- {r['config']} ({r['description']}): `{r['generate']}`" for r in rows]
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

@@ -291,11 +291,12 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
     s = generate(input_dir, output_dir, cfg, device=device, rank=rank, world=world,
                  progress=not opts["quiet"])
     shard = f" (shard {rank}/{world})" if world > 1 else ""
+    val = (f"fooled validation models {s.val_success}/{s.written}, " if cfg.val_models
+           else "no validation models, ")
     click.echo(
         f"{output_dir}{shard}: {s.written} written, {s.already_done} already done, "
-        f"{len(s.skipped)} skipped of {s.total}; fooled validation models "
-        f"{s.val_success}/{s.written}, attack ensemble {s.ensemble_success}/{s.written}; "
-        f"{s.seconds:.1f}s"
+        f"{len(s.skipped)} skipped of {s.total}; {val}"
+        f"attack ensemble {s.ensemble_success}/{s.written}; {s.seconds:.1f}s"
     )
     if s.skipped:
         click.echo("skipped rows:", err=True)

@@ -336,7 +336,11 @@ def create_classifier(
     """Build a registered classifier with its weights, in eval mode, frozen."""
     entry = get_model_entry(name)
     clf = Classifier(entry.build(), entry.preprocess, entry.name)
-    return clf.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # channels_last weights let oneDNN/cuDNN pick their fast convolution kernels; inputs may
+    # stay NCHW. On the 2-core CPU an attack step through efficientnet_lite0 + mobilenet_v2
+    # (batch 16, forward + backward) went from 768 to about 600 ms.
+    clf = clf.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    return clf.eval().requires_grad_(False)
 
 
 def create_ensemble(

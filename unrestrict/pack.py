@@ -9,7 +9,6 @@ fixed timestamps), so the same results always give the same SHA-256.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import io
 import os
 import secrets
@@ -22,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from .data import scan_input
 from .errors import DataError, ValidationError
 from .submission import ZIP_PREFIX, ResultSource
-from .utils import natural_key
+from .utils import file_sha256, natural_key
 
 __all__ = ["PackSummary", "validate", "pack", "check_zip"]
 
@@ -87,19 +86,11 @@ def validate(results: Path, input_dir: Path) -> list[str]:
     return problems
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _summary(path: Path) -> PackSummary:
     with zipfile.ZipFile(path) as z:
         infos = [i for i in z.infolist() if not i.is_dir()]
         payload = sum(i.file_size for i in infos)
-    return PackSummary(path, len(infos), path.stat().st_size, payload, _sha256(path))
+    return PackSummary(path, len(infos), path.stat().st_size, payload, file_sha256(path))
 
 
 def pack(results_dir: Path, input_dir: Path, output: Path) -> PackSummary:

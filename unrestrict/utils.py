@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -24,6 +25,15 @@ def check_images(x: Tensor, name: str = "input") -> None:
         raise ValueError(f"{name} must have a shape of (B, 3, H, W). Got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating point tensor in [0, 1]. Got {x.dtype}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def derive_seed(seed: int, *parts: str) -> int:

@@ -11,7 +11,6 @@ lpips, pytorch-fid). Nothing here touches the network.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import pickle
 import warnings
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsUnavailableError
+from .utils import file_sha256
 
 __all__ = [
     "WEIGHT_FILES",
@@ -126,14 +126,6 @@ WEIGHT_FILES: dict[str, WeightFile] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def locate(key: str) -> Path:
     """Path of a weight file, without importing its package and without checking it.
 
@@ -169,7 +161,7 @@ def resolve(key: str) -> Path:
     """
     path = locate(key)
     wf = WEIGHT_FILES[key]
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != wf.sha256:
         raise WeightsUnavailableError(
             f"{wf.description}: checksum mismatch for {path} (package {wf.distribution!r}): "
