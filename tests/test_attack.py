@@ -91,6 +91,32 @@ def test_bf16_autocast_runs_and_attacks(mobilenet, sample_images):
     assert all(p.dtype == torch.float32 for r in results for p in r.params.values())
 
 
+def test_lpips_penalty_keeps_results_closer(mobilenet, sample_images):
+    from unrestrict.metrics import LpipsMetric
+
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    metric = LpipsMetric("alex")
+    dists = []
+    for weight in (0.0, 50.0):
+        cfg = AttackConfig(families=("color", "style"), stages=1, steps=6, refine=0,
+                           di_prob=0.0, lpips_weight=weight, kappa=2.0)
+        res = Attack(cfg, mobilenet, lpips=metric.model).run(x, y)
+        adv = torch.stack([r.decoded for r in res]).float() / 255
+        dists.append(metric(adv, x).mean().item())
+    assert dists[1] < dists[0], dists
+    with pytest.raises(ValueError, match="needs an LPIPS model"):
+        Attack(AttackConfig(lpips_weight=1.0), mobilenet)
+
+
+def test_ti_blur_in_the_forward_graph_still_attacks(mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("pixel",), work_size=0, stages=1, steps=3, refine=0,
+                       blur_sigma=1.5, di_prob=0.0)
+    before = margin_loss(mobilenet(x), y)
+    adv = torch.stack([r.decoded for r in Attack(cfg, mobilenet).run(x, y)]).float() / 255
+    assert (margin_loss(mobilenet(adv), y) > before).all()
+
+
 def test_pixel_baseline_preset_is_the_contest_recipe():
     b = PIXEL_BASELINE
     assert b.families == ("pixel",) and b.steps == 80 and b.momentum == 1.0
