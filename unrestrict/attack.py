@@ -271,14 +271,16 @@ class Attack:
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 # Normalising per image and per tensor keeps one huge gradient (say the
                 # per-pixel delta) from drowning the others in the momentum buffer.
-                norm = g.abs().reshape(len(g), -1).mean(1).clamp_min(1e-12)
-                g = g / norm.view(-1, *([1] * (g.ndim - 1)))
+                # Fused in-place forms (vector_norm, addcdiv_, addcmul_): for the full-size
+                # pixel delta each extra temporary is another pass over B x 3 x 500 x 500.
+                norm = torch.linalg.vector_norm(g.reshape(len(g), -1), ord=1, dim=1) * (len(g) / g.numel())
+                norm = norm.clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
                 if whole:
-                    v = velocity[k].mul_(self.config.momentum).add_(g)
-                    p = p.detach().add_(limits[k] * step * v.sign())
+                    v = velocity[k].mul_(self.config.momentum).addcdiv_(g, norm)
+                    p = p.detach().addcmul_(v.sign(), limits[k] * step)
                     params[k] = p.clamp_(min=-limits[k], max=limits[k])
                 else:
-                    v = self.config.momentum * velocity[k][idx] + g
+                    v = self.config.momentum * velocity[k][idx] + g / norm
                     velocity[k][idx] = v
                     p = p.detach() + limits[k] * step * v.sign()
                     params[k][idx] = torch.maximum(torch.minimum(p, limits[k]), -limits[k])
