@@ -88,6 +88,7 @@ def main() -> None:
                          "-q", *extra)
         g = run(gen)
         written = int(re.search(r"(\d+) written", g.stdout).group(1))
+        val = re.search(r"fooled validation models (\d+)/(\d+)", g.stdout)
         js = out / ".unrestrict" / "score.json"
         s = run(unrestrict("score", str(args.input), str(out), "--eval-models", EVAL,
                            "--json", str(js), "-q"))
@@ -99,6 +100,8 @@ def main() -> None:
             # 100 * ASR * LPIPS factor: the formula without its FID term, because FID from
             # a few dozen images is dominated by its small-sample bias.
             "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
+            # Share of images that fooled the budget-check model after the JPEG round trip.
+            "val_success": int(val.group(1)) / int(val.group(2)) if val else None,
             "bytes_per_image": _mean_bytes(out),
             "seconds_per_image": g.seconds / max(written, 1), "n_images": summary["n_images"],
             "generate": " ".join(["unrestrict", *gen[3:]]).replace(str(WORK) + "/", "work/"),
@@ -133,18 +136,25 @@ def render(meta: dict, rows: list[dict]) -> str:
           f"Device: {meta['device']}  ",
           f"Command: `{meta['command']}`  ",
           "Attack ensemble efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1;"
-          f" scored on {EVAL} (held out from every configuration). FID from {n} images is "
+          f" scored on {EVAL} (held out from every configuration). `fooled budget check` is the "
+          "share of results that fool efficientnet_lite1 after the JPEG round trip, as "
+          f"`generate` reported it. FID from {n} images is "
           "rank-deficient and biased upwards, far above what the same change scores on "
           "thousands of images: compare it between rows only. `score` is the full formula with "
           "that FID; `no-FID score` = 100 * ASR * LPIPS factor.\n",
-          "| config | held-out ASR | mean LPIPS | FID (biased) | score | vs baseline | "
-          "no-FID score | vs baseline | s/img | KB/img |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| config | held-out ASR | fooled budget check | mean LPIPS | FID (biased) | score | "
+          "vs baseline | no-FID score | vs baseline | s/img | KB/img |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['config']} | {r['asr']:.3f} | {r['lpips']:.4f} | {r['fid']:.1f} | "
+        val = "-" if r.get("val_success") is None else f"{r['val_success']:.3f}"
+        md.append(f"| {r['config']} | {r['asr']:.3f} | {val} | {r['lpips']:.4f} | {r['fid']:.1f} | "
                   f"{r['score']:.2f} | {ratio('score', r)} | {r['score_no_fid']:.2f} | "
                   f"{ratio('score_no_fid', r)} | {r['seconds_per_image']:.2f} | "
                   f"{r['bytes_per_image'] / 1024:.0f} |")
+    if meta["input"].startswith("derived"):
+        md.append("\nThe derived images are random crops, flips and mild colour jitters of the 24 "
+                  "sample photos (`derive.py`): more samples for FID and LPIPS, but not that many "
+                  "independent photos.")
     if "baseline_from" in meta:
         md.append(f"\nThe baseline row is taken from `{meta['baseline_from']}` (same input).")
     md.append("\nGenerate commands (each followed by "
