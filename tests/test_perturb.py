@@ -160,6 +160,22 @@ def test_style_field_is_smooth_not_noise():
     assert step < 0.1 * (y - x).abs().max()
 
 
+def test_light_grid_cannot_tile():
+    """A checkerboard of saturated exposure cells (what sign steps produce) is blurred away,
+    while a coherent change keeps its strength: dodge and burn, never a mosaic."""
+    comp = compose(["style"], {"style": {"detail": 0.0}})
+    x = torch.full((1, 3, 240, 240), 0.5)
+    bound = comp.families[0].config.exposure
+    params = comp.init_params(x)
+    g = params["style.exposure"].shape[-1]
+    ij = torch.arange(g)
+    checker = ((ij[:, None] + ij[None, :]) % 2 * 2 - 1).float() * bound
+    tiled = comp.apply(x, {**params, "style.exposure": checker.view(1, 1, g, g)})
+    flat = comp.apply(x, {**params, "style.exposure": torch.full((1, 1, g, g), bound)})
+    assert (tiled - x).abs().max() < 0.3 * (flat - x).abs().max()  # unblurred: 1.0
+    assert (flat - x).abs().max() > 0.9 * 0.5 * (math.exp(bound) - 1)
+
+
 def test_pixel_family_is_linf_bounded():
     comp = compose(["pixel"], {"pixel": {"eps": 8 / 255}})
     x = torch.full((1, 3, 10, 10), 0.5)
