@@ -111,8 +111,9 @@ def update_readme() -> None:
 
 def main() -> None:
     tables = sorted(RESULTS.glob("*.md"))
-    ranked = sorted(tables, key=lambda p: next(
-        (i for i, key in enumerate(ORDER) if p.stem.startswith(key)), len(ORDER)))
+    # By section, then the main table of a section before its follow-ups (shorter name first).
+    ranked = sorted(tables, key=lambda p: (next(
+        (i for i, key in enumerate(ORDER) if p.stem.startswith(key)), len(ORDER)), len(p.stem)))
     body = "\n".join(p.read_text() for p in ranked)
     out = ROOT / "benchmarks" / "RESULTS.md"
     out.write_text(HEADER + "\n" + body)

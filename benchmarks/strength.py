@@ -19,7 +19,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from _common import SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
+from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
 
 EVAL = "efficientnet_lite2"
 CONFIGS: dict[str, list[str]] = {
@@ -66,6 +66,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         doc = json.loads(args.render.read_text())
+        if args.baseline_from:  # e.g. a baseline timed again on a quiet machine
+            doc["rows"] = _with_baseline(doc["rows"], args.baseline_from)
+            doc["meta"]["baseline_from"] = str(args.baseline_from)
         path = write_result(args.render.stem, render(doc["meta"], doc["rows"]), doc)
         print(f"wrote {path}")
         return
@@ -104,7 +107,7 @@ def main() -> None:
             "val_success": int(val.group(1)) / int(val.group(2)) if val else None,
             "bytes_per_image": _mean_bytes(out),
             "seconds_per_image": g.seconds / max(written, 1), "n_images": summary["n_images"],
-            "generate": " ".join(["unrestrict", *gen[3:]]).replace(str(WORK) + "/", "work/"),
+            "generate": shown_command(gen),
             "score_seconds": s.seconds,
         }
         rows.append(row)
@@ -115,11 +118,26 @@ def main() -> None:
     meta = {"command": command_line(), "device": device_line(), "input": args.input.name,
             "n_images": n}
     if args.baseline_from:
-        prior = json.loads(args.baseline_from.read_text())
         meta["baseline_from"] = str(args.baseline_from)
-        rows = [r for r in prior["rows"] if r["config"] == "baseline"] + rows
+        rows = _with_baseline(rows, args.baseline_from)
     path = write_result(tag, render(meta, rows), {"meta": meta, "rows": rows})
     print(f"wrote {path}")
+
+
+def _with_baseline(rows: list[dict], path: Path) -> list[dict]:
+    """``rows`` with the baseline row taken from another run's JSON (same input)."""
+    prior = json.loads(path.read_text())["rows"]
+    return ([r for r in prior if r["config"] == "baseline"]
+            + [r for r in rows if r["config"] != "baseline"])
+
+
+def shown_command(cmd: list[str]) -> str:
+    """The command as a user would type it from benchmarks/: shell-quoted, short paths."""
+    def short(a: str) -> str:
+        if a.startswith(str(WORK) + "/"):
+            return "work/" + a[len(str(WORK)) + 1:]
+        return a.replace(str(ROOT) + "/", "../")
+    return shlex.join(["unrestrict", *(short(a) for a in cmd[3:])])
 
 
 def render(meta: dict, rows: list[dict]) -> str:
