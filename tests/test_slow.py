@@ -33,8 +33,8 @@ def test_default_natural_attack_transfers_at_low_lpips(sample_copy, tmp_path):
     assert s["eval_models"] == ["efficientnet_lite2"]  # held out from attack and validation
     assert s["asr"] >= 0.375, s
     assert s["lpips"] <= 0.3, s
-    recs = [json.loads(line) for line in
-            (tmp_path / "out" / ".unrestrict" / "log-rank000-of-001.jsonl").read_text().split()]
+    log = tmp_path / "out" / ".unrestrict" / "log-rank000-of-001.jsonl"
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
     # The sample-set benchmark fools efficientnet_lite1 on 4 of these 8 (since the light
     # grid is blurred); unattacked, none is (one is misclassified, by less than the margin).
     assert sum(r["val_success"] for r in recs) >= 3
