@@ -275,7 +275,8 @@ class Attack:
                 # per-pixel delta) from drowning the others in the momentum buffer.
                 # Fused in-place forms (vector_norm, addcdiv_, addcmul_): for the full-size
                 # pixel delta each extra temporary is another pass over B x 3 x 500 x 500.
-                norm = torch.linalg.vector_norm(g.reshape(len(g), -1), ord=1, dim=1) * (len(g) / g.numel())
+                flat = g.reshape(len(g), -1)  # norm: mean |g| per image
+                norm = torch.linalg.vector_norm(flat, ord=1, dim=1) * (1 / flat.shape[1])
                 norm = norm.clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
                 if whole:
                     v = velocity[k].mul_(self.config.momentum).addcdiv_(g, norm)
