@@ -36,7 +36,28 @@ def test_every_family_is_registered_in_order():
     assert set(NATURAL_FAMILIES) == {"color", "style", "geometry"}
     assert set(DEFAULT_FAMILIES) <= set(NATURAL_FAMILIES)
     comp = compose(["pixel", "color", "geometry", "style"])
-    assert comp.names == ["geometry", "color", "style", "pixel"]
+    assert comp.names == ["geometry", "style", "color", "pixel"]
+
+
+@pytest.mark.parametrize("names", [["style"], ["color", "style"], ["geometry", "style"], ["pixel"]])
+def test_prepared_apply_matches_plain_apply(names):
+    # The loop prepares the first family's constants once per batch; the result must be the
+    # one apply computes by itself, values and gradients alike.
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    comp = compose(names)
+    params = _rand_params(comp, x, 1.0)
+    prepared = comp.prepare(x)
+    assert bool(prepared) == (comp.names[0] == "style")
+    outs, grads = [], []
+    for p in (None, prepared):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        y = comp.apply(x, leaves, p)
+        y.pow(2).sum().backward()
+        outs.append(y.detach())
+        grads.append([v.grad for v in leaves.values()])
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -184,7 +205,7 @@ def test_pixel_family_is_linf_bounded():
 
 
 def test_create_family_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="choose from geometry, color, style, pixel"):
+    with pytest.raises(ValueError, match="choose from geometry, style, color, pixel"):
         create_family("blur")
     with pytest.raises(ValueError, match="valid:.*rotation"):
         create_family("geometry", {"rotate": 3})

@@ -175,7 +175,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
                    "validation models. baseline: the contest teams' L-inf DI-MI-FGSM (16/255, "
                    "80 steps, CW margin, DI p=0.7).")
 @click.option("--family", callback=_csv_list, default=None, metavar="LIST",
-              help="Comma-separated families from geometry, color, style, pixel (applied in "
+              help="Comma-separated families from geometry, style, color, pixel (applied in "
                    "that order) [default: the preset's: color,style or pixel]. Geometry is "
                    "opt-in: LPIPS charges every shifted pixel.")
 @click.option("--models", callback=_csv_list, default=None, metavar="LIST",

@@ -85,12 +85,33 @@ class Composite:
             out[fam][name] = value
         return out
 
-    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-        """Shape: (B, 3, H, W) in [0, 1] -> same; per-pixel parameters must match H, W."""
+    @torch.no_grad()
+    def prepare(self, x: Tensor) -> Params:
+        """The first family's input-only constants for the batch ``x``, keyed ``"family.name"``.
+
+        Only the first family's: its input is ``x`` itself at every step, while every later
+        family's input changes with the parameters before it. Index the result like the
+        parameters when working on a subset of the batch.
+        """
+        check_images(x)
+        first = self.families[0]
+        return {f"{first.name}.{k}": v for k, v in first.prepare(x).items()}
+
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor], prepared: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Shape: (B, 3, H, W) in [0, 1] -> same; per-pixel parameters must match H, W.
+
+        ``prepared``: ``self.prepare(x)`` for this ``x``, to skip recomputing it; the result
+        is the same either way.
+        """
         check_images(x)
         split = self._split(params)
-        for f in self.families:
-            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()})
+        for i, f in enumerate(self.families):
+            mine = None
+            if i == 0 and prepared is not None:
+                mine = {k.partition(".")[2]: v for k, v in prepared.items()}
+            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()}, mine)
         return x
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:

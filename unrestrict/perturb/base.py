@@ -7,7 +7,10 @@ parameters share one convention so that the attack loop can treat them alike:
 * each parameter tensor has a box bound: ``|p| <= bound * strength`` elementwise, where
   ``strength`` in [0, 1] is per image (the per-image budget the loop grows in stages);
 * the family is a pure function of ``(x, params)``: parameters are kept apart from applying
-  them, so they can be saved per image and replayed.
+  them, so they can be saved per image and replayed;
+* what a family computes from its input alone (no parameter involved) may be computed once
+  by :meth:`Family.prepare` and handed back to :meth:`Family.apply`: the loop runs a hundred
+  steps on the same batch, and the first family's input is the same image in every one.
 """
 
 from __future__ import annotations
@@ -50,8 +53,22 @@ class Family(ABC):
         """Parameter shapes (without the batch dimension) and bounds for images of this size."""
 
     @abstractmethod
-    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-        """Shape: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor],
+        prepared: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Shape: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+
+        ``prepared``, when given, is ``self.prepare(x)`` for this very ``x``; the result must
+        be the same as without it.
+        """
+
+    def prepare(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-image constants of the input ``x`` (each (B, ...)), without gradients.
+
+        Default: none. A family overrides it for work that depends on its input only.
+        """
+        return {}
 
     @property
     def budget_power(self) -> float:
@@ -78,9 +95,11 @@ class Family(ABC):
 
 
 FAMILIES: dict[str, type[Family]] = {}
-# Composition order: geometry first (it moves pixels), then global colour, then local style,
-# then the pixel-level baseline on top.
-FAMILY_ORDER: tuple[str, ...] = ("geometry", "color", "style", "pixel")
+# Composition order: geometry first (it moves pixels), then local style, then the global
+# colour grade (as a photo editor's local edits come before the final grade), then the
+# pixel-level baseline on top. Style before colour also makes the default's first family the
+# one with input-only work to share across steps (its detail layer, see Family.prepare).
+FAMILY_ORDER: tuple[str, ...] = ("geometry", "style", "color", "pixel")
 
 F_ = TypeVar("F_", bound=type[Family])
 

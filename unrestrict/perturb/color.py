@@ -23,18 +23,21 @@ def lookup(x: Tensor, lut: Tensor) -> Tensor:
     """Piecewise-linear per-channel lookup table through ``N + 1`` evenly spaced knots.
 
     Args:
-        x: (B, C, H, W) in [0, 1].
+        x: (B, C, H, W) in [0, 1]; values outside follow the end segments' lines.
         lut: (B, C, N + 1) curve values at ``0, 1/N, ..., 1``.
     Returns:
         (B, C, H, W).
     """
     b, c, h, w = x.shape
     n = lut.shape[-1] - 1
-    t = x.clamp(0, 1).reshape(b, c, h * w) * n
-    idx = t.detach().floor().clamp(max=n - 1).long()
-    rise = lut[..., 1:] - lut[..., :-1]
-    y = torch.gather(lut, 2, idx) + (t - idx) * torch.gather(rise, 2, idx)
-    return y.reshape(b, c, h, w)
+    t = x.reshape(b, c, h * w) * n
+    # Every pass over the pixels counts here (the lookup is most of the colour family's
+    # step), so no clamp of x and its backward: the segment index is clamped in place
+    # instead, and truncation is the floor for t >= 0.
+    idx = t.detach().long().clamp_(0, n - 1)
+    lo = torch.gather(lut, 2, idx)
+    hi = torch.gather(lut[..., 1:], 2, idx)
+    return torch.lerp(lo, hi, t - idx).reshape(b, c, h, w)
 
 
 def curve_knots(curves: Tensor) -> Tensor:
@@ -202,5 +205,8 @@ class ColorFamily(Family):
             "curves": ParamSpec((3, c.curve_segments), c.curve),
         }
 
-    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor],
+        prepared: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
         return adjust_color(x, **params)

@@ -94,7 +94,10 @@ class GeometryFamily(Family):
             "flow": ParamSpec((2, c.flow_grid, c.flow_grid), c.flow),
         }
 
-    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor],
+        prepared: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
         return warp(x, **params, mode=self.config.mode)
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:

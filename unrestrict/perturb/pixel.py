@@ -31,5 +31,8 @@ class PixelFamily(Family):
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         return {"delta": ParamSpec((3, height, width), self.config.eps)}
 
-    def apply(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor],
+        prepared: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
         return (x + params["delta"]).clamp(0, 1)
