@@ -42,6 +42,22 @@ def test_input_diversity_probability_zero_and_one():
     assert (y.sum((1, 2, 3)) > 0.2 * x.sum((1, 2, 3))).all()
 
 
+def test_input_diversity_leaves_unchosen_images_exact():
+    # Every image goes through one grid_sample; those not chosen must come out unchanged
+    # (bilinear weights at exact pixel centres are 1 and 0 up to rounding).
+    x = torch.rand(16, 3, 37, 41)
+    y = input_diversity(x, 0.5, 0.8, torch.Generator().manual_seed(3))
+    same_draws = torch.Generator().manual_seed(3)  # the function's first two draws
+    chosen = torch.rand(16, generator=same_draws) < 0.5
+    scale = 0.8 + 0.2 * torch.rand(16, generator=same_draws)
+    assert 0 < chosen.sum() < 16
+    torch.testing.assert_close(y[~chosen], x[~chosen], atol=1e-5, rtol=0)
+    # A 0.99 shrink of a 37-px image moves pixels by a fraction of one; 0.95 by a pixel.
+    moved = chosen & (scale < 0.95)
+    assert moved.sum() >= 4
+    assert ((y[moved] - x[moved]).abs().amax((1, 2, 3)) > 0.5).all()
+
+
 @pytest.mark.parametrize("families", [("color",), ("style",), ("geometry",), ("pixel",)])
 def test_loop_lowers_true_class_margin(families, mobilenet, sample_images):
     x, y = sample_images[0][:2], sample_images[1][:2]

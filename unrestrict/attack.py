@@ -63,10 +63,17 @@ LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss
 
 
 def input_diversity(
-    x: Tensor, prob: float, min_scale: float, generator: torch.Generator
+    x: Tensor, prob: float, min_scale: float, generator: torch.Generator,
+    mode: str = "bilinear",
 ) -> Tensor:
     """DI: with probability ``prob`` per image, shrink to a random scale in [min_scale, 1) and
     place it at a random offset on a zero background; other images pass through untouched.
+
+    The whole batch goes through one ``grid_sample``, with the identity map for the images
+    left alone (sampling exactly at pixel centres returns them unchanged): scattering only
+    the chosen images back into a copy cost more than resampling the others. ``mode=
+    "nearest"`` (the original DI's resize) halves the backward pass on the CPU, but on the
+    sample set it fooled the held-out model on 12 of 24 images against 16 with bilinear.
 
     Randomness comes from a CPU generator so runs are reproducible on any device.
     """
@@ -79,18 +86,14 @@ def input_diversity(
     shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * slack[:, None]
     if not chosen.any():
         return x
-    idx = chosen.nonzero().squeeze(1)
-    s, c = scale[idx], shift[idx]
-    theta = torch.zeros(len(idx), 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
-    theta[:, :, 2] = -c / s[:, None]
+    scale = torch.where(chosen, scale, 1.0)
+    shift = shift * chosen[:, None]
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -shift / scale[:, None]
     theta = theta.to(device=x.device, dtype=x.dtype)
-    sub = x[idx.to(x.device)]
-    grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
-    warped = F.grid_sample(sub, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = x.clone()
-    out[idx.to(x.device)] = warped
-    return out
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 @dataclass(frozen=True)
@@ -226,11 +229,15 @@ class Attack:
         return self.config.work_size or self.ensemble.max_input_size
 
     def objective(
-        self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor, generator: torch.Generator
+        self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor, generator: torch.Generator,
+        prepared: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        """The per-image quantity the loop maximises, (B,)."""
+        """The per-image quantity the loop maximises, (B,).
+
+        ``prepared``: ``self.composite.prepare(x_work)``, computed once per batch.
+        """
         cfg = self.config
-        x_adv = self.composite.apply(x_work, params)
+        x_adv = self.composite.apply(x_work, params, prepared)
         x_in = input_diversity(x_adv, cfg.di_prob, cfg.di_min_scale, generator)
         if cfg.blur_sigma > 0:
             k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
@@ -255,16 +262,22 @@ class Attack:
         idx: Tensor,
         strength: Tensor,
         generator: torch.Generator,
+        prepared: Mapping[str, Tensor] | None = None,
     ) -> None:
-        """One momentum sign step for the images ``idx``; parameters are updated in place."""
+        """One momentum sign step for the images ``idx``; parameters are updated in place.
+
+        ``prepared``: ``self.composite.prepare(x_work)`` for the whole batch, or ``None``.
+        """
         # While every image is active (the common case) work on the tensors themselves:
         # gathering and scattering a full-size per-pixel parameter costs a copy each way.
         whole = len(idx) == x_work.shape[0]
         sub = {
             k: (v if whole else v[idx]).detach().requires_grad_(True) for k, v in params.items()
         }
+        if prepared is not None and not whole:
+            prepared = {k: v[idx] for k, v in prepared.items()}
         obj = self.objective(x_work if whole else x_work[idx], sub, y if whole else y[idx],
-                             generator)
+                             generator, prepared)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
         step = self.config.effective_step_size
@@ -329,6 +342,7 @@ class Attack:
             x_work = F.interpolate(x, size=(ws, ws), mode="bicubic", align_corners=False,
                                    antialias=True).clamp(0, 1)
         params = self.composite.init_params(x_work)
+        prepared = self.composite.prepare(x_work)
         velocity = {k: torch.zeros_like(v) for k, v in params.items()}
         strength = torch.zeros(b, device=self.device)
         results: list[ImageResult | None] = [None] * b
@@ -338,7 +352,7 @@ class Attack:
         for level in levels:
             strength[active] = level
             for _ in range(cfg.steps):
-                self._step(x_work, params, velocity, y, active, strength, generator)
+                self._step(x_work, params, velocity, y, active, strength, generator, prepared)
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
             scales = [1.0] * len(cands)
