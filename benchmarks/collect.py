@@ -59,12 +59,19 @@ def readme_summary() -> str:
                      f"{b['score_no_fid']:.1f} ({n['score_no_fid'] / b['score_no_fid']:.2f}x) | |")
     step = _load("step_overhead-cpu")
     if step:
-        fam = [r for r in step if r["family"] in ("color", "style", "geometry")]
-        worst = max(fam, key=lambda r: r["ratio"])
+        # Three decimals: the target sits at 1.10 and the runs land on both sides of it.
+        def worst(names):
+            return max(r["ratio"] for r in step if r["family"] in names)
+
+        single = [r for r in step if r["family"] in ("color", "style", "geometry")]
+        top = max(single, key=lambda r: r["ratio"])
         default = [r["ratio"] for r in step if r["family"].startswith("default")]
-        lines.append(f"| step time / raw ensemble fwd+bwd, per family (CPU) | "
-                     f"<= {worst['ratio']:.2f}x (default colour+style: "
-                     f"{', '.join(f'{v:.2f}x' for v in default)}) | <= 1.10x |")
+        lines.append(f"| step time / raw ensemble fwd+bwd (CPU, batch "
+                     f"{'/'.join(str(b) for b in sorted({r['batch'] for r in step}))}) | "
+                     f"single families <= {top['ratio']:.3f}x ({top['family']}); default "
+                     f"colour+style {' / '.join(f'{v:.3f}x' for v in default)}; "
+                     f"colour+style+geometry <= {worst(('color+style+geometry',)):.3f}x; "
+                     f"pixel at 500x500 <= {worst(('pixel (full 500x500)',)):.3f}x | <= 1.10x |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]
