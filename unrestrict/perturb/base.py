@@ -64,9 +64,11 @@ class Family(ABC):
         """
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-image constants of the input ``x`` (each (B, ...)), without gradients.
+        """Per-image work that depends on the input ``x`` only (each value (B, ...)).
 
-        Default: none. A family overrides it for work that depends on its input only.
+        The loop calls it once per batch, without gradients, for the first family (whose
+        input is fixed). ``apply`` calls it itself for any other input, so what it returns
+        must stay differentiable wherever ``apply`` needs gradients through it. Default: none.
         """
         return {}
 
