@@ -60,8 +60,8 @@ def readme_summary() -> str:
     step = _load("step_overhead-cpu")
     if step:
         # Three decimals: the target sits at 1.10 and the runs land on both sides of it.
-        def worst(names):
-            return max(r["ratio"] for r in step if r["family"] in names)
+        def worst(family: str) -> float:
+            return max(r["ratio"] for r in step if r["family"] == family)
 
         single = [r for r in step if r["family"] in ("color", "style", "geometry")]
         top = max(single, key=lambda r: r["ratio"])
@@ -70,8 +70,8 @@ def readme_summary() -> str:
                      f"{'/'.join(str(b) for b in sorted({r['batch'] for r in step}))}) | "
                      f"single families <= {top['ratio']:.3f}x ({top['family']}); default "
                      f"colour+style {' / '.join(f'{v:.3f}x' for v in default)}; "
-                     f"colour+style+geometry <= {worst(('color+style+geometry',)):.3f}x; "
-                     f"pixel at 500x500 <= {worst(('pixel (full 500x500)',)):.3f}x | <= 1.10x |")
+                     f"colour+style+geometry <= {worst('color+style+geometry'):.3f}x; "
+                     f"pixel at 500x500 <= {worst('pixel (full 500x500)'):.3f}x | <= 1.10x |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]

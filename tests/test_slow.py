@@ -35,9 +35,10 @@ def test_default_natural_attack_transfers_at_low_lpips(sample_copy, tmp_path):
     assert s["lpips"] <= 0.3, s
     log = tmp_path / "out" / ".unrestrict" / "log-rank000-of-001.jsonl"
     recs = [json.loads(line) for line in log.read_text().splitlines()]
-    # The sample-set benchmark fools efficientnet_lite1 past the margin on 2 of these 8
-    # (4 before style moved ahead of colour with its input's detail layer, while held-out
-    # success on all 24 rose from 0.625 to 0.667); unattacked, none is.
+    # The sample-set benchmark fools efficientnet_lite1 past the margin on 2 of these 8 (4 at
+    # the commit before the step-overhead work: style ahead of colour, its input's detail
+    # layer, one-pass input diversity; held-out success on all 24 went from 0.625 to 0.667
+    # with it). Unattacked, none is.
     assert sum(r["val_success"] for r in recs) >= 1
 
 
