@@ -60,6 +60,22 @@ def test_ensemble_averages_logits():
     assert ens.names == ["a", "b"] and ens.max_input_size == 16
 
 
+def test_ensemble_to_input_size_is_the_largest_members_own_resize():
+    class Spatial(nn.Module):  # logits that see every pixel, unlike Const
+        def forward(self, x):
+            return x.flatten(1)[:, :1000]
+
+    big = Classifier(Spatial(), Preprocess(24, "bicubic"), "big")
+    small = Classifier(Const(1.0), Preprocess(16, "bilinear"), "small")
+    ens = Ensemble([small, big])
+    x = torch.rand(2, 3, 50, 50)
+    resized = ens.to_input_size(x)
+    assert resized.shape == (2, 3, 24, 24)
+    # The largest member skips its own resize and so sees exactly what it saw before.
+    torch.testing.assert_close(big(resized), big(x), rtol=0, atol=0)
+    assert ens.to_input_size(resized) is resized
+
+
 def test_unknown_model_suggests_close_names():
     with pytest.raises(WeightsUnavailableError, match="Did you mean: efficientnet_lite0"):
         get_model_entry("efficientnet_lte0")

@@ -322,6 +322,20 @@ class Ensemble(nn.Module):
     def max_input_size(self) -> int:
         return max(m.preprocess.input_size for m in self.members)
 
+    def to_input_size(self, x: Tensor) -> Tensor:
+        """Resize ``x`` to the largest member's input, as that member's preprocessing would.
+
+        That member then sees exactly what its own forward pass would give it, and the others
+        resize from there. Attacks use it to put input diversity on the models' input rather
+        than on a 500x500 image: the same transform on a fifth of the pixels.
+        """
+        big = max(self.members, key=lambda m: m.preprocess.input_size)
+        size = big.preprocess.input_size
+        if x.shape[-2:] == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode=big.preprocess.interpolation,
+                             align_corners=False, antialias=True)
+
     def logits_each(self, x: Tensor) -> Tensor:
         """Shape: (B, 3, H, W) -> (M, B, 1000), one slice per member."""
         return torch.stack([m(x) for m in self.members])
