@@ -271,3 +271,24 @@ def test_fused_colour_matches_the_kornia_chain():
     # The lookup table approximates gamma between its knots: a few 1e-3 at most.
     torch.testing.assert_close(out, ref, atol=3e-3, rtol=0)
     assert (out - ref).abs().mean() < 1e-4
+
+
+def test_colour_curves_are_one_shared_curve_plus_a_channel_deviation():
+    from unrestrict.perturb.color import adjust_color
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    zero = torch.zeros(2)
+    shared = (torch.rand(2, 1, 8, generator=g) * 2 - 1) * 0.35
+    channel = (torch.rand(2, 3, 8, generator=g) * 2 - 1) * 0.1
+    both = adjust_color(x, zero, zero, zero, zero, zero, shared, channel)
+    torch.testing.assert_close(both, adjust_color(x, zero, zero, zero, zero, zero,
+                                                  shared + channel))
+    # A shared curve alone maps grey to grey: it never casts a colour.
+    grey = torch.rand(2, 1, 16, 16, generator=g).expand(2, 3, 16, 16)
+    out = adjust_color(grey, zero, zero, zero, zero, zero, shared)
+    torch.testing.assert_close(out[:, 0], out[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 0], out[:, 2], rtol=0, atol=0)
+    specs = create_family("color").param_specs(500, 500)
+    assert specs["curves"].shape == (1, 8) and specs["channel_curves"].shape == (3, 8)
+    assert specs["channel_curves"].bound < specs["curves"].bound

@@ -1,4 +1,4 @@
-"""Global colour: brightness, contrast, saturation, hue, gamma and per-channel tone curves.
+"""Global colour: brightness, contrast, saturation, hue, gamma and tone curves.
 
 This is the family of ACE and AdvCF: per-image global photo adjustments, the kind a camera or
 a photo editor makes. Everything is per image, so one image never gets two looks.
@@ -144,6 +144,7 @@ def adjust_color(
     hue: Tensor,
     gamma: Tensor,
     curves: Tensor,
+    channel_curves: Tensor | None = None,
 ) -> Tensor:
     """Apply every global colour adjustment; each argument is per image and zero is identity.
 
@@ -157,10 +158,14 @@ def adjust_color(
         saturation: (B,) log of the saturation (chroma) factor.
         hue: (B,) hue rotation in radians (of the YUV chroma plane).
         gamma: (B,) log of the gamma exponent.
-        curves: (B, 3, K) tone-curve slope deviations, see :func:`tone_curve`.
+        curves: (B, 3, K) or (B, 1, K) tone-curve slope deviations, see :func:`tone_curve`;
+            one row is shared by R, G and B.
+        channel_curves: (B, 3, K) per-channel deviations added to ``curves``, or ``None``.
     """
     b, c, h, w = x.shape
-    y = lookup(x, tone_lut(curves, gamma))
+    if channel_curves is not None:
+        curves = curves + channel_curves
+    y = lookup(x, tone_lut(curves.expand(b, c, -1), gamma))
     # Brightness, contrast and chroma are affine per image, so they are folded into one
     # 3x3 matrix and offset applied in a single pass (as kornia's adjust_brightness, then
     # adjust_contrast_with_mean_subtraction around the grayscale mean, then the chroma map,
@@ -184,7 +189,11 @@ class ColorConfig:
     hue: float = 0.06  # chroma rotation in radians, about 3.4 degrees
     gamma: float = 0.15  # log exponent: 0.86 .. 1.16
     curve_segments: int = 8
-    curve: float = 0.35  # slope deviation per segment
+    curve: float = 0.35  # slope deviation per segment of the curve shared by R, G and B
+    # Per-channel deviation on top. Independent channel curves at the shared bound turned
+    # whole backgrounds green or pink at full budget (sign steps pin every segment of every
+    # channel at the bound, in opposite directions): a cast human judges would reject.
+    channel_curve: float = 0.1
 
 
 @register_family
@@ -202,7 +211,8 @@ class ColorFamily(Family):
             "saturation": ParamSpec((), c.saturation),
             "hue": ParamSpec((), c.hue),
             "gamma": ParamSpec((), c.gamma),
-            "curves": ParamSpec((3, c.curve_segments), c.curve),
+            "curves": ParamSpec((1, c.curve_segments), c.curve),
+            "channel_curves": ParamSpec((3, c.curve_segments), c.channel_curve),
         }
 
     def apply(

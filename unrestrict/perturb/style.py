@@ -113,8 +113,11 @@ def detail_blend(x: Tensor, weight: Tensor, detail: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class StyleConfig:
     grid: int = 4  # cells per side of the colour grid
-    matrix: float = 0.03  # bound on each colour-matrix deviation
-    offset: float = 0.03  # bound on each colour offset
+    # Bounds on each colour-matrix deviation and each offset. At 0.03 sign steps pinned all
+    # twelve at the bound and flat backgrounds came out in green and pink patches; at 0.015
+    # the sample set kept its held-out success (16 of 24) with mean LPIPS 0.16 against 0.19.
+    matrix: float = 0.015
+    offset: float = 0.015
     light_grid: int = 24  # cells per side of the light and detail grids (21 px at 500)
     exposure: float = 0.15  # bound on the log exposure gain (about +-16%); 0 switches it off
     detail: float = 0.5  # bound on the detail blend weight; 0 switches the blend off
@@ -159,7 +162,7 @@ class StyleFamily(Family):
         # The detail layer is the input's own, not the locally edited image's: it is then a
         # constant of the batch, and the guided filter (~20% of the family's step) runs once
         # per batch instead of once per step. The edits it skips are at most +-16% exposure
-        # and +-3% colour, a small change to a layer that is itself scaled by <= 0.5.
+        # and +-1.5% colour, a small change to a layer that is itself scaled by <= 0.5.
         if self.config.detail > 0:
             out["detail"] = luminance_detail(x, self.config.detail_kernel)
         return out
