@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+from unrestrict.attack import margin_loss
 from unrestrict.cli import cli
+from unrestrict.data import load_rgb
+from unrestrict.models import create_ensemble
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +36,23 @@ def test_default_natural_attack_transfers_at_low_lpips(sample_copy, tmp_path):
     s = _generate_and_score(inp, tmp_path / "out")
     assert s["eval_models"] == ["efficientnet_lite2"]  # held out from attack and validation
     assert s["asr"] >= 0.375, s
-    assert s["lpips"] <= 0.3, s
+    assert s["lpips"] <= 0.25, s
     log = tmp_path / "out" / ".unrestrict" / "log-rank000-of-001.jsonl"
-    recs = [json.loads(line) for line in log.read_text().splitlines()]
-    # The sample-set benchmark fools efficientnet_lite1 past the margin on 2 of these 8 (4 at
-    # the commit before the step-overhead work: style ahead of colour, its input's detail
-    # layer, one-pass input diversity; held-out success on all 24 went from 0.625 to 0.667
-    # with it). Unattacked, none is.
-    assert sum(r["val_success"] for r in recs) >= 1
+    recs = {r["image_id"]: r for r in map(json.loads, log.read_text().splitlines())}
+    # The budget-check model (efficientnet_lite1, never attacked directly) must move towards
+    # error: its margin past the true class after the attack, against that on the original. In
+    # the sample-set benchmark that margin rose by 1.8 to 4.4 logits on 7 of these 8; the
+    # eighth (7.jpg, which it misclassifies unattacked) stopped at the first budget stage,
+    # fooled past the stopping margin. Only that one passes the stopping margin: too few
+    # to guard on.
+    val = create_ensemble(["efficientnet_lite1"])
+    moved = 0
+    for r in recs.values():
+        x = load_rgb(inp / "images" / r["image_id"])[0].float() / 255
+        with torch.no_grad():
+            clean = float(margin_loss(val(x[None]), torch.tensor([r["label"]])))
+        moved += r["val_success"] or r["val_margin"] > clean + 1
+    assert moved >= 6, recs
 
 
 def test_pixel_baseline_transfers(sample_copy, tmp_path):
