@@ -42,8 +42,8 @@ def test_default_natural_attack_transfers_at_low_lpips(sample_copy, tmp_path):
     # The budget-check model (efficientnet_lite1, never attacked directly) must move towards
     # error: its margin past the true class after the attack, against that on the original. In
     # the sample-set benchmark that margin rose by 1.8 to 4.4 logits on 7 of these 8; the
-    # eighth (7.jpg, which it misclassifies unattacked) stopped at the first budget stage,
-    # fooled past the stopping margin. Only that one passes the stopping margin: too few
+    # eighth (7.jpg, which it misclassifies unattacked) stopped at 0.44 of the budget, fooled
+    # past the stopping margin. Only that one passes the stopping margin: too few
     # to guard on.
     val = create_ensemble(["efficientnet_lite1"])
     moved = 0

@@ -162,7 +162,8 @@ class StyleFamily(Family):
         # The detail layer is the input's own, not the locally edited image's: it is then a
         # constant of the batch, and the guided filter (~20% of the family's step) runs once
         # per batch instead of once per step. The edits it skips are at most +-16% exposure
-        # and +-1.5% colour, a small change to a layer that is itself scaled by <= 0.5.
+        # and small local colour shifts (matrix and offset entries <= 0.015), a small change
+        # to a layer that is itself scaled by <= 0.5.
         if self.config.detail > 0:
             out["detail"] = luminance_detail(x, self.config.detail_kernel)
         return out
