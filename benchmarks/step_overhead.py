@@ -54,7 +54,7 @@ def timed_pair(a, b, repeats: int, device: torch.device) -> tuple[list[float], l
     """Times of a and b, measured alternately so that machine drift hits both alike.
 
     On a shared CPU the same kernel's time can swing by 2x between calls; interleaving keeps
-    the ratio honest, and the caller reports both medians and minimums.
+    the ratio honest, and pairs (a[i], b[i]) ran back to back for the paired ratio.
     """
     for _ in range(2):
         a()
