@@ -18,6 +18,13 @@ SAMPLE = ROOT / "data" / "sample"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    # Each test draws its random tensors from the same seed whatever ran before it, so a
+    # failure reproduces with `pytest -k NAME` instead of showing up once in a CI run.
+    torch.manual_seed(0)
+
+
 def load_folder(folder: Path, ids: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) float images in [0, 1] and (N,) labels of a contest-layout folder."""
     rows = list(csv.DictReader((folder / "dev.csv").open()))
