@@ -65,34 +65,33 @@ LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss
 def input_diversity(
     x: Tensor, prob: float, min_scale: float, generator: torch.Generator
 ) -> Tensor:
-    """DI: with probability ``prob`` per image, shrink to a random scale in [min_scale, 1) and
-    place it at a random offset on a zero background; other images pass through untouched.
+    """DI: with probability ``prob``, shrink the batch to a random scale in [min_scale, 1) and
+    place it at a random whole-pixel offset on a zero background; otherwise pass it through.
 
-    The whole batch goes through one ``grid_sample``, with the identity map for the images
-    left alone (sampling exactly at pixel centres returns them unchanged): scattering only
-    the chosen images back into a copy cost more than resampling the others. Bilinear, not
-    the original DI's nearest-neighbour resize: nearest halves the backward pass on the CPU,
-    but on the sample set it fooled the held-out model on 12 of 24 images against 16.
+    One draw per batch, as in the DI paper's code: every image still sees, step after step,
+    the same independent sequence of transforms as with a draw per image (images do not
+    interact in the loss), but the batch is resized by one ``F.interpolate`` and padded,
+    or left alone. A per-image draw needed a ``grid_sample`` of the whole batch, whose
+    backward pass made DI ~2x dearer on the CPU (benchmarks/RESULTS.md, step overhead).
+    Bilinear, not the paper's nearest-neighbour resize: nearest halves the backward pass on
+    the CPU, but on the sample set it fooled the held-out model on 12 of 24 images against 16.
 
-    Randomness comes from a CPU generator so runs are reproducible on any device.
+    Randomness comes from a CPU generator, always four draws per call, so runs are
+    reproducible on any device.
     """
-    b = x.shape[0]
     if prob <= 0:
         return x
-    chosen = torch.rand(b, generator=generator) < prob
-    scale = min_scale + (1 - min_scale) * torch.rand(b, generator=generator)
-    slack = 1 - scale
-    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * slack[:, None]
-    if not chosen.any():
+    apply, scale, top, left = torch.rand(4, generator=generator).tolist()
+    if apply >= prob:
         return x
-    scale = torch.where(chosen, scale, 1.0)
-    shift = shift * chosen[:, None]
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
-    theta[:, :, 2] = -shift / scale[:, None]
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    h, w = x.shape[-2:]
+    scale = min_scale + (1 - min_scale) * scale
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (sh, sw) == (h, w):
+        return x
+    top, left = int(top * (h - sh + 1)), int(left * (w - sw + 1))
+    small = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+    return F.pad(small, (left, w - sw - left, top, h - sh - top))
 
 
 @dataclass(frozen=True)
