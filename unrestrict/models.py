@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import weights
 from .errors import WeightsUnavailableError
+from .fusion import fold_batchnorm
 from .utils import check_images
 
 __all__ = [
@@ -345,11 +346,21 @@ class Ensemble(nn.Module):
 
 
 def create_classifier(
-    name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    name: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    fold_bn: bool = True,
 ) -> Classifier:
-    """Build a registered classifier with its weights, in eval mode, frozen."""
+    """Build a registered classifier with its weights, in eval mode, frozen.
+
+    ``fold_bn``: fold BatchNorm into the convolutions before it (:func:`fold_batchnorm`): the
+    same function, with the attack ensemble's forward+backward on the CPU about 40% faster.
+    """
     entry = get_model_entry(name)
-    clf = Classifier(entry.build(), entry.preprocess, entry.name)
+    model = entry.build()
+    if fold_bn:
+        model = fold_batchnorm(model)
+    clf = Classifier(model, entry.preprocess, entry.name)
     # channels_last weights let oneDNN/cuDNN pick their fast convolution kernels; inputs may
     # stay NCHW. On the 2-core CPU an attack step through efficientnet_lite0 + mobilenet_v2
     # (batch 16, forward + backward) went from 768 to about 600 ms.
@@ -358,8 +369,11 @@ def create_classifier(
 
 
 def create_ensemble(
-    names: Sequence[str], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    names: Sequence[str],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    fold_bn: bool = True,
 ) -> Ensemble:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate model names in {list(names)}")
-    return Ensemble([create_classifier(n, device, dtype) for n in names])
+    return Ensemble([create_classifier(n, device, dtype, fold_bn) for n in names])
