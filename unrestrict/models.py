@@ -354,7 +354,7 @@ def create_classifier(
     """Build a registered classifier with its weights, in eval mode, frozen.
 
     ``fold_bn``: fold BatchNorm into the convolutions before it (:func:`fold_batchnorm`): the
-    same function, with the attack ensemble's forward+backward on the CPU about 40% faster.
+    same function, with the attack ensemble's forward+backward on the CPU about 20% faster.
     """
     entry = get_model_entry(name)
     model = entry.build()
