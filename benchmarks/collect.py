@@ -72,6 +72,12 @@ def readme_summary() -> str:
                      f"colour+style {' / '.join(f'{v:.3f}x' for v in default)}; "
                      f"colour+style+geometry <= {worst('color+style+geometry'):.3f}x; "
                      f"pixel at 500x500 <= {worst('pixel (full 500x500)'):.3f}x | <= 1.10x |")
+        fold = [r for r in step if r["family"].startswith("raw pass, BatchNorm not folded")]
+        if fold:
+            lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
+                         f"{'/'.join(str(r['batch']) for r in fold)}) | " + "; ".join(
+                             f"{r['raw_s'] * 1e3:.0f} vs {r['step_s'] * 1e3:.0f} ms" for r in fold)
+                         + " | |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]

@@ -4,7 +4,9 @@ The reference is what no attack can avoid: the attack ensemble's forward pass on
 the working size, the loss, and the backward pass to the input. A step adds the perturbation
 families, input diversity, the momentum update and the projection. What the loop computes
 once per batch (``Composite.prepare``: the first family's input-only constants) is done
-before timing, as the loop does it once for 100 steps.
+before timing, as the loop does it once for 100 steps. The raw pass is also timed with and
+without BatchNorm folded into the convolutions (``create_classifier``'s default), so what the
+folding saves is on record; the step ratios are against the folded, faster pass.
 
     python benchmarks/step_overhead.py --batch-sizes 4,16
 """
@@ -75,11 +77,25 @@ def main() -> None:
     kept = keep_freed_memory()  # as the CLI does; without it page faults dominate the noise
     device = torch.device(args.device)
     ens = create_ensemble(MODELS, device)
-    rows = []
+    unfolded = create_ensemble(MODELS, device, fold_bn=False)
+    rows, fold_rows = [], []
     for b in (int(v) for v in args.batch_sizes.split(",")):
         gen = torch.Generator().manual_seed(0)
         full = torch.rand(b, 3, 500, 500, generator=gen).to(device)
         y = torch.randint(0, 1000, (b,), generator=gen).to(device)
+        # What folding BatchNorm into the convolutions (create_classifier's default) saves on
+        # the raw pass itself, at the default working size; every ratio below is against
+        # the folded, faster raw pass.
+        x = torch.nn.functional.interpolate(full, size=(ens.max_input_size,) * 2,
+                                            mode="bicubic", antialias=True).clamp(0, 1)
+        tf, tu = timed_pair(functools.partial(raw_step, ens, x, y),
+                            functools.partial(raw_step, unfolded, x, y), args.repeats, device)
+        fold_rows.append({"batch": b, "family": "raw pass, BatchNorm not folded",
+                          "work_size": x.shape[-1], "raw_s": statistics.median(tf),
+                          "step_s": statistics.median(tu),
+                          "ratio": statistics.median(tu) / statistics.median(tf)})
+        print(f"b={b:>3} raw pass: BN folded {fold_rows[-1]['raw_s'] * 1e3:7.1f} ms, "
+              f"not folded {fold_rows[-1]['step_s'] * 1e3:7.1f} ms", flush=True)
         for name, cfg in SETTINGS.items():
             attack = Attack(cfg, ens, device=device)
             ws = attack.work_size()
@@ -124,8 +140,14 @@ def main() -> None:
           "|---|---|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['family']} | {r['work_size']} | {r['raw_s'] * 1e3:.1f} | "
            f"{r['step_s'] * 1e3:.1f} | {r['ratio']:.3f} | {r['ratio_paired']:.3f} |" for r in rows]
+    md += ["", "Raw pass with BatchNorm folded into the convolutions (the default, used above) "
+           "and without, measured alternately in the same way:\n",
+           "| batch | working size | folded (ms) | not folded (ms) | not folded / folded |",
+           "|---|---|---|---|---|"]
+    md += [f"| {r['batch']} | {r['work_size']} | {r['raw_s'] * 1e3:.1f} | "
+           f"{r['step_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
     tag = "step_overhead-" + ("gpu" if device.type == "cuda" else "cpu")
-    print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows)}")
+    print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows)}")
 
 
 if __name__ == "__main__":
