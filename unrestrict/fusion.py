@@ -5,7 +5,7 @@ preceding convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_e
 function is unchanged (exactly, up to float rounding), but every BN costs a full pass over its
 activations forward and another backward, and an attack runs both at every step: on the
 2-core CPU, folding took efficientnet_lite0 + mobilenet_v2's forward+backward (batch 4) from
-230 to 177 ms.
+171 to 137 ms (benchmarks/RESULTS.md, step overhead).
 
 ``torch.fx.experimental.optimization.fuse`` does the same for plain ``nn.BatchNorm2d``, but
 matches exact types, so timm's ``BatchNormAct2d`` (BN plus activation in one module, used by
