@@ -68,6 +68,23 @@ def test_bn_is_kept_where_folding_would_change_the_function():
     torch.testing.assert_close(folded(x), expect)
 
 
+class _StandardisedConv(nn.Conv2d):
+    """Like timm's StdConv2d: the weight is normalised in forward, so BN cannot go into it."""
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_conv_subclass_that_rewrites_its_weight_is_not_folded():
+    model = _randomise_bn(nn.Sequential(_StandardisedConv(3, 4, 3), nn.BatchNorm2d(4)))
+    x = torch.rand(2, 3, 8, 8)
+    expect = model(x)
+    folded = fold_batchnorm(model)
+    assert _bn_count(folded) == 1
+    torch.testing.assert_close(folded(x), expect)
+
+
 class _DataDependent(nn.Module):
     def __init__(self) -> None:
         super().__init__()

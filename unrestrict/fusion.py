@@ -40,10 +40,16 @@ def register_bn_remainder(
     _BN_REMAINDER[bn_type] = remainder
 
 
-try:  # timm's fused BN + activation: normalise, then drop, then act
-    from timm.layers import BatchNormAct2d
+# Convolutions whose forward is linear in ``weight`` and ``bias`` as stored (exact type match:
+# timm's StdConv2d, a Conv2d subclass, standardises its weight in forward, so a BN folded
+# into it would be undone).
+_FOLDABLE_CONVS: set[type[nn.Module]] = {nn.Conv2d}
+
+try:  # timm's fused BN + activation (normalise, then drop, then act) and its "same" padding
+    from timm.layers import BatchNormAct2d, Conv2dSame
 
     register_bn_remainder(BatchNormAct2d, lambda bn: nn.Sequential(bn.drop, bn.act))
+    _FOLDABLE_CONVS.add(Conv2dSame)  # pads from the input's size, then a plain conv2d
 except ImportError:  # pragma: no cover - timm is a dependency; older layouts just fold less
     pass
 
@@ -64,8 +70,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """``model`` with every eval-mode BN that directly follows a convolution folded into it.
 
     The model must be in eval mode; it is modified in place where the returned module shares
-    its submodules. A BN is folded only when it takes the output of a ``nn.Conv2d`` (or
-    subclass) that nothing else reads, and uses running statistics. A model that
+    its submodules. A BN is folded only when it takes the output of a plain convolution
+    (``nn.Conv2d`` or timm's ``Conv2dSame``) that nothing else reads, and uses running
+    statistics. A model that
     ``torch.fx`` cannot trace comes back unchanged (logged at INFO): folding is an
     optimisation, never a requirement.
 
@@ -93,7 +100,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             remainder is None
             or not isinstance(prev, fx.Node)
             or prev.op != "call_module"
-            or not isinstance(modules[prev.target], nn.Conv2d)
+            or type(modules[prev.target]) not in _FOLDABLE_CONVS
             or len(prev.users) != 1
             or bn.running_mean is None
         ):
