@@ -74,10 +74,10 @@ def readme_summary() -> str:
                      f"pixel at 500x500 <= {worst('pixel (full 500x500)'):.3f}x | <= 1.10x |")
         fold = [r for r in step if r["family"].startswith("raw pass, BatchNorm not folded")]
         if fold:
+            pairs = "; ".join(f"{r['folded_s'] * 1e3:.0f} vs {r['unfolded_s'] * 1e3:.0f} ms"
+                              for r in fold)
             lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
-                         f"{'/'.join(str(r['batch']) for r in fold)}) | " + "; ".join(
-                             f"{r['raw_s'] * 1e3:.0f} vs {r['step_s'] * 1e3:.0f} ms" for r in fold)
-                         + " | |")
+                         f"{'/'.join(str(r['batch']) for r in fold)}) | {pairs} | |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]

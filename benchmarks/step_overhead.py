@@ -91,11 +91,11 @@ def main() -> None:
         tf, tu = timed_pair(functools.partial(raw_step, ens, x, y),
                             functools.partial(raw_step, unfolded, x, y), args.repeats, device)
         fold_rows.append({"batch": b, "family": "raw pass, BatchNorm not folded",
-                          "work_size": x.shape[-1], "raw_s": statistics.median(tf),
-                          "step_s": statistics.median(tu),
+                          "work_size": x.shape[-1], "folded_s": statistics.median(tf),
+                          "unfolded_s": statistics.median(tu),
                           "ratio": statistics.median(tu) / statistics.median(tf)})
-        print(f"b={b:>3} raw pass: BN folded {fold_rows[-1]['raw_s'] * 1e3:7.1f} ms, "
-              f"not folded {fold_rows[-1]['step_s'] * 1e3:7.1f} ms", flush=True)
+        print(f"b={b:>3} raw pass: BN folded {fold_rows[-1]['folded_s'] * 1e3:7.1f} ms, "
+              f"not folded {fold_rows[-1]['unfolded_s'] * 1e3:7.1f} ms", flush=True)
         for name, cfg in SETTINGS.items():
             attack = Attack(cfg, ens, device=device)
             ws = attack.work_size()
@@ -144,8 +144,8 @@ def main() -> None:
            "and without, measured alternately in the same way:\n",
            "| batch | working size | folded (ms) | not folded (ms) | not folded / folded |",
            "|---|---|---|---|---|"]
-    md += [f"| {r['batch']} | {r['work_size']} | {r['raw_s'] * 1e3:.1f} | "
-           f"{r['step_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
+    md += [f"| {r['batch']} | {r['work_size']} | {r['folded_s'] * 1e3:.1f} | "
+           f"{r['unfolded_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
     tag = "step_overhead-" + ("gpu" if device.type == "cuda" else "cpu")
     print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows)}")
 
