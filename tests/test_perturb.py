@@ -141,6 +141,51 @@ def test_gradcheck_detail_blend_and_color_transform():
     assert gradcheck(local_color_transform, (x, m, o))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clamp_unit_has_the_gradient_of_clamp_at_and_beyond_the_ends(dtype):
+    from unrestrict.perturb.base import clamp_unit
+
+    one = torch.tensor(1.0, dtype=dtype)
+    above, below = torch.nextafter(one, one * 2), torch.nextafter(-one * 0, -one)
+    x = torch.tensor([-0.5, below, 0.0, 0.3, 1.0, above, 1.5], dtype=dtype)
+    grad = torch.arange(1, 8, dtype=dtype)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.testing.assert_close(clamp_unit(a), b.clamp(0, 1), atol=0, rtol=0)
+    (clamp_unit(a) * grad).sum().backward()
+    (b.clamp(0, 1) * grad).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0)
+    assert a.grad.tolist() == [0, 0, 0, 4, 0, 0, 0]  # torch's clamp: none at 0 and 1 either
+
+
+def test_lookup_is_linear_interpolation_with_its_own_gradients():
+    """The hand-written lookup (forward and backward) against plain interpolation and autograd,
+    inside [0, 1] and on the end segments' extensions outside it."""
+    from unrestrict.perturb.color import lookup
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 5, 7, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    lut = torch.rand(2, 3, 9, generator=g, dtype=torch.float64)
+
+    def reference(x, lut):
+        n = lut.shape[-1] - 1
+        t = x.reshape(2, 3, -1) * n
+        k = t.detach().floor().clamp(0, n - 1).long()
+        lo, hi = lut.gather(2, k), lut.gather(2, k + 1)
+        return (lo + (t - k) * (hi - lo)).view_as(x)
+
+    torch.testing.assert_close(lookup(x, lut), reference(x, lut), atol=1e-12, rtol=0)
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    luts = [lut.clone().requires_grad_(True) for _ in range(2)]
+    (lookup(xs[0], luts[0]) * grad).sum().backward()
+    (reference(xs[1], luts[1]) * grad).sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(luts[0].grad, luts[1].grad, atol=1e-12, rtol=0)
+    # Away from the knots (where the slope jumps) finite differences agree too.
+    inside = torch.rand(1, 2, 3, 4, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    assert gradcheck(lookup, (inside.requires_grad_(True), lut[:1, :2].requires_grad_(True)))
+
+
 def test_gradients_reach_every_parameter_through_the_composite():
     comp = compose(ALL)
     x = torch.rand(2, 3, 16, 16)

@@ -16,6 +16,7 @@ parameters share one convention so that the attack loop can treat them alike:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,18 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["ParamSpec", "Family", "FAMILIES", "FAMILY_ORDER", "register_family", "create_family"]
+__all__ = [
+    "ParamSpec",
+    "Family",
+    "FAMILIES",
+    "FAMILY_ORDER",
+    "register_family",
+    "create_family",
+    "cached_constant",
+    "clamp_unit",
+    "upsample_field",
+    "grid_tv",
+]
 
 
 @dataclass(frozen=True)
@@ -156,15 +168,61 @@ def _to_bool(v: Any) -> bool:
     return bool(v)
 
 
-def _cubic_weights(steps: int, size: int, like: Tensor) -> Tensor:
+class _ClampUnit(torch.autograd.Function):
+    """``x.clamp(0, 1)`` with the same gradient, computed in one pass.
+
+    Autograd's clamp backward builds its mask from two comparisons, a logical and and a
+    ``where``, through boolean tensors that are slow on the CPU: forward and backward took
+    6.8 ms at batch 16 and 224 px (2 threads), against 2.0 ms with ``hardtanh_backward``, one
+    float pass. Every family ends with this clamp, so that is paid once per family per step.
+    ``hardtanh_backward`` passes the gradient where ``0 < x < 1``, exactly as clamp's backward
+    does (values at exactly 0 or 1 get none from either).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0)
+
+
+def clamp_unit(x: Tensor) -> Tensor:
+    """``x.clamp(0, 1)``, with a faster backward pass; see :class:`_ClampUnit`."""
+    return _ClampUnit.apply(x) if torch.is_grad_enabled() and x.requires_grad else x.clamp(0, 1)
+
+
+def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Memoise a builder of constant tensors (arguments: hashables such as sizes, device, dtype).
+
+    The loop needs the same small constants (interpolation matrices, colour-space bases) at
+    every step; building them is a handful of tiny ops each, whose dispatch alone is a
+    visible share of a CPU step at small batches. Built outside inference mode, so a tensor
+    first made under ``torch.inference_mode`` can still be used where gradients are recorded.
+    Callers must not modify the result in place.
+    """
+
+    @functools.lru_cache(maxsize=128)
+    def build(*args: Any) -> Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            return fn(*args)
+
+    return functools.wraps(fn)(build)
+
+
+@cached_constant
+def _cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(size, steps) matrix that upsamples a 1-D signal exactly as torch's bicubic does.
 
     Read off torch's own kernel by upsampling the identity basis, so the values are the same
     as ``F.interpolate(..., mode="bicubic", align_corners=True)``.
     """
-    eye = torch.eye(steps, device=like.device, dtype=like.dtype).view(steps, 1, steps, 1)
+    eye = torch.eye(steps, device=device, dtype=dtype).view(steps, 1, steps, 1)
     up = torch.nn.functional.interpolate(eye, size=(size, 1), mode="bicubic", align_corners=True)
-    return up.view(steps, size).t()
+    return up.view(steps, size).t().contiguous()
 
 
 def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
@@ -177,8 +235,8 @@ def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
     """
     if grid.shape[-2:] == (height, width):
         return grid
-    rows = _cubic_weights(grid.shape[-2], height, grid)
-    cols = _cubic_weights(grid.shape[-1], width, grid)
+    rows = _cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
+    cols = _cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
     return torch.matmul(torch.matmul(rows, grid), cols.t())
 
 

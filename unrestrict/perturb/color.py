@@ -8,15 +8,62 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import kornia.color as KC
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from .base import Family, ParamSpec, register_family
+from .base import Family, ParamSpec, cached_constant, clamp_unit, register_family
 
 __all__ = ["ColorFamily", "ColorConfig", "lookup", "tone_curve", "tone_lut", "adjust_color"]
+
+
+class _Lookup(torch.autograd.Function):
+    """Forward and backward of :func:`lookup` written out, each with as few passes over the
+    pixels as it takes (this is most of the colour family's step).
+
+    Autograd of a gather-gather-lerp form makes about seven pixel passes backward: lerp's
+    three gradients, two scatters into fresh tables, the index arithmetic and the sum of the
+    two paths to ``x``. Here the table gets two scatters (of the gradient, and of it times the
+    position within the segment) and ``x`` one product with the slopes kept from the forward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, lut: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        n = lut.shape[-1] - 1
+        flat = x.reshape(b, c, h * w)
+        # No clamp of x: the segment is clamped instead, so values outside [0, 1] follow the
+        # end segments' lines. The segment is found in floating point and converted once:
+        # arithmetic mixing int64 and float tensors was the slowest pass of the lookup.
+        seg = (flat * n).floor_().clamp_(0, n - 1)
+        offset = torch.add(flat, seg, alpha=-1 / n)  # x minus the segment's left knot
+        idx = seg.long()
+        slope = torch.gather(lut.diff(dim=-1) * n, 2, idx)
+        out = torch.gather(lut, 2, idx).addcmul_(offset, slope)
+        ctx.save_for_backward(idx, offset, slope)
+        ctx.n = n
+        return out.view(b, c, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        idx, offset, slope = ctx.saved_tensors
+        n = ctx.n
+        g = grad.reshape(idx.shape)
+        grad_x = grad_lut = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g.mul(slope).view(grad.shape)
+        if ctx.needs_input_grad[1]:
+            # Knot k gets (1 - frac) of the gradient of segment k and frac of segment k - 1,
+            # with frac = n * offset, the position within the segment.
+            total = g.new_zeros(*idx.shape[:2], n).scatter_add_(2, idx, g)
+            upper = g.new_zeros(*idx.shape[:2], n).scatter_add_(2, idx, g * offset).mul_(n)
+            grad_lut = F.pad(total - upper, (0, 1)) + F.pad(upper, (1, 0))
+        return grad_x, grad_lut
 
 
 def lookup(x: Tensor, lut: Tensor) -> Tensor:
@@ -28,16 +75,7 @@ def lookup(x: Tensor, lut: Tensor) -> Tensor:
     Returns:
         (B, C, H, W).
     """
-    b, c, h, w = x.shape
-    n = lut.shape[-1] - 1
-    t = x.reshape(b, c, h * w) * n
-    # Every pass over the pixels counts here (the lookup is most of the colour family's
-    # step), so no clamp of x and its backward: the segment index is clamped in place
-    # instead, and truncation is the floor for t >= 0.
-    idx = t.detach().long().clamp_(0, n - 1)
-    lo = torch.gather(lut, 2, idx)
-    hi = torch.gather(lut[..., 1:], 2, idx)
-    return torch.lerp(lo, hi, t - idx).reshape(b, c, h, w)
+    return _Lookup.apply(x, lut)
 
 
 def curve_knots(curves: Tensor) -> Tensor:
@@ -70,6 +108,18 @@ def _gamma(x: Tensor, log_gamma: Tensor) -> Tensor:
     return torch.where(x > eps, x.clamp(eps, 1.0) ** g, x)
 
 
+@cached_constant
+def _knot_interpolation(segments: int, samples: int, device: torch.device,
+                        dtype: torch.dtype) -> Tensor:
+    """(K + 1, N + 1): the piecewise-linear curve through K + 1 knots at N + 1 even samples.
+
+    Read off :func:`lookup` itself, applied to the identity basis of knot values.
+    """
+    t = torch.linspace(0, 1, samples, device=device, dtype=dtype)
+    eye = torch.eye(segments + 1, device=device, dtype=dtype)
+    return lookup(t.expand(1, segments + 1, samples).unsqueeze(-1), eye.unsqueeze(0))[0, ..., 0]
+
+
 def tone_lut(curves: Tensor, log_gamma: Tensor, segments: int = 32) -> Tensor:
     """The tone curves followed by gamma, sampled as one (B, 3, N + 1) lookup table.
 
@@ -78,22 +128,38 @@ def tone_lut(curves: Tensor, log_gamma: Tensor, segments: int = 32) -> Tensor:
     (whose forward and backward were ~60% of a colour step on the CPU). The table has a
     knot on every kink of the curves (N is a multiple of their segment count), so only
     gamma's curvature is approximated: within 0.003 everywhere (worst near black), under
-    one JPEG code value.
+    one JPEG code value. Sampling the curves at fixed points is linear in their knots: one
+    product with a cached matrix.
     """
     k = curves.shape[-1]
     n = k * max(1, -(-segments // k))
-    t = torch.linspace(0, 1, n + 1, device=curves.device, dtype=curves.dtype)
-    knots = curve_knots(curves)  # (B, 3, K + 1)
-    on_curve = lookup(t.expand(*curves.shape[:2], n + 1).unsqueeze(-1), knots).squeeze(-1)
+    on_curve = curve_knots(curves) @ _knot_interpolation(k, n + 1, curves.device, curves.dtype)
     return _gamma(on_curve, log_gamma.to(curves.dtype))
+
+
+@cached_constant
+def _chroma_basis(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(3, 3, 3): the identity, the projection of RGB onto YUV chroma, and that chroma turned
+    by 90 degrees, as RGB matrices read off kornia's YUV conversions."""
+    basis = torch.eye(3, device=device, dtype=dtype).view(3, 3, 1, 1)
+    yuv = KC.rgb_to_yuv(basis)[..., 0, 0]  # (3 basis colours, YUV)
+    _, u, v = yuv.unbind(1)
+    zero = torch.zeros_like(u)
+    parts = torch.stack([torch.stack([zero, u, v], 1), torch.stack([zero, -v, u], 1)])
+    rgb = KC.yuv_to_rgb(parts.reshape(6, 3, 1, 1))[..., 0, 0]
+    chroma, turned = rgb.view(2, 3, 3).transpose(1, 2)  # column j = image of basis colour j
+    return torch.stack([torch.eye(3, device=device, dtype=dtype), chroma, turned])
 
 
 def chroma_matrix(saturation: Tensor, hue: Tensor) -> Tensor:
     """Per-image RGB 3x3 matrices that scale and rotate the chroma plane of YUV.
 
-    The map is linear, so it is built once per image by sending the RGB basis through
-    kornia's YUV conversions, and then applied to every pixel with one batched matmul
-    (two full-image colour-space conversions per step cost ~3x more on the CPU).
+    The map is linear, so it is built once per image, and then applied to every pixel with
+    one batched matmul (two full-image colour-space conversions per step cost ~3x more on
+    the CPU). Scaling by ``s`` and turning by ``h`` sends chroma ``c`` to
+    ``s cos(h) c + s sin(h) c_90`` and keeps luma, so the matrix is a fixed combination of
+    three constant ones, read off kornia once per device and dtype. It is written as the
+    identity plus changes, so that no change is exactly the identity and grey stays grey.
 
     Args:
         saturation: (B,) log of the chroma scale.
@@ -102,22 +168,10 @@ def chroma_matrix(saturation: Tensor, hue: Tensor) -> Tensor:
     Returns:
         (B, 3, 3) matrices acting on RGB column vectors.
     """
-    basis = torch.eye(3, device=hue.device, dtype=hue.dtype).view(3, 3, 1, 1)
-    yuv = KC.rgb_to_yuv(basis)[..., 0, 0]  # (3 basis colours, YUV)
+    eye, chroma, turned = _chroma_basis(hue.device, hue.dtype)
     scale = torch.exp(saturation)
-    cos, sin = torch.cos(hue) * scale, torch.sin(hue) * scale
-    # Rotate (u, v) of every basis colour, per image: (B, 3 basis, 3 YUV).
-    u, v = yuv[:, 1], yuv[:, 2]
-    rotated = torch.stack(
-        [
-            yuv[:, 0].expand(len(hue), 3),
-            cos[:, None] * u - sin[:, None] * v,
-            sin[:, None] * u + cos[:, None] * v,
-        ],
-        -1,
-    )
-    rgb = KC.yuv_to_rgb(rotated.reshape(-1, 3, 1, 1))[..., 0, 0].view(len(hue), 3, 3)
-    return rgb.transpose(1, 2)  # column j = image of basis colour j
+    cos, sin = (torch.cos(hue) * scale).view(-1, 1, 1), (torch.sin(hue) * scale).view(-1, 1, 1)
+    return eye + (cos - 1) * chroma + sin * turned
 
 
 def adjust_chroma(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
@@ -165,7 +219,9 @@ def adjust_color(
     b, c, h, w = x.shape
     if channel_curves is not None:
         curves = curves + channel_curves
-    y = lookup(x, tone_lut(curves.expand(b, c, -1), gamma))
+    # A curve shared by R, G and B is sampled once and broadcast, so grey stays exactly grey
+    # (a matrix product may round its rows differently).
+    y = lookup(x, tone_lut(curves, gamma).expand(b, c, -1))
     # Brightness, contrast and chroma are affine per image, so they are folded into one
     # 3x3 matrix and offset applied in a single pass (as kornia's adjust_brightness, then
     # adjust_contrast_with_mean_subtraction around the grayscale mean, then the chroma map,
@@ -176,7 +232,7 @@ def adjust_color(
     m = chroma_matrix(saturation.to(x.dtype), hue.to(x.dtype))
     bias = m.sum(2) * shift[:, None]  # the chroma map of the grey (shift, shift, shift)
     out = torch.baddbmm(bias.unsqueeze(2), m * factor.view(-1, 1, 1), y.reshape(b, c, h * w))
-    return out.view(b, c, h, w).clamp(0, 1)
+    return clamp_unit(out.view(b, c, h, w))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     from kornia.utils import create_meshgrid
 from torch import Tensor
 
-from .base import Family, ParamSpec, grid_tv, register_family, upsample_field
+from .base import Family, ParamSpec, clamp_unit, grid_tv, register_family, upsample_field
 
 __all__ = ["GeometryFamily", "GeometryConfig", "warp"]
 
@@ -61,7 +61,7 @@ def warp(
         x, map_x, map_y, mode=mode, padding_mode="reflection",
         align_corners=True, normalized_coordinates=True,
     )
-    return out.clamp(0, 1)
+    return clamp_unit(out)
 
 
 @dataclass(frozen=True)

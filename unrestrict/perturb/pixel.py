@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import Family, ParamSpec, register_family
+from .base import Family, ParamSpec, clamp_unit, register_family
 
 __all__ = ["PixelFamily", "PixelConfig"]
 
@@ -35,4 +35,4 @@ class PixelFamily(Family):
         self, x: Tensor, params: Mapping[str, Tensor],
         prepared: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        return (x + params["delta"]).clamp(0, 1)
+        return clamp_unit(x + params["delta"])
