@@ -186,6 +186,50 @@ def test_lookup_is_linear_interpolation_with_its_own_gradients():
     assert gradcheck(lookup, (inside.requires_grad_(True), lut[:1, :2].requires_grad_(True)))
 
 
+@pytest.mark.parametrize("options", [{}, {"exposure": 0.0}, {"detail": 0.0},
+                                     {"exposure": 0.0, "detail": 0.0}])
+def test_style_edit_is_the_composition_of_its_parts(options):
+    """The family's hand-written forward and backward against autograd of the reference
+    functions it fuses, for the parameters and for the input image (geometry's path)."""
+    from unrestrict.perturb.base import upsample_field
+    from unrestrict.perturb.style import local_exposure
+
+    fam = create_family("style", options)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 13, 11, generator=g, dtype=torch.float64) * 1.2 - 0.1
+    params = {k: (torch.rand(2, *s.shape, generator=g, dtype=torch.float64) * 2 - 1) * s.bound
+              * 6 for k, s in fam.param_specs(13, 11).items()}  # big enough to clip
+    prepared = fam.prepare(x)
+
+    def reference(x, p):
+        y = local_color_transform(x, p["matrix"], p["offset"])
+        light = [k for k in ("exposure", "detail") if k in p]
+        if light:
+            grids = fam._smooth(torch.cat([p[k] for k in light], 1))
+            field = dict(zip(light, grids.split(1, 1), strict=True))
+            if "exposure" in field:
+                y = local_exposure(y, field["exposure"])
+            if "detail" in field:
+                up = upsample_field(field["detail"], *x.shape[-2:])
+                y = y + up * prepared["detail"]
+        return y.clamp(0, 1)
+
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (lambda x, p: fam.apply(x, p, prepared), reference):
+        xi = x.clone().requires_grad_(True)
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        out = fn(xi, ps)
+        (out * grad).sum().backward()
+        results.append((out, xi.grad, {k: v.grad for k, v in ps.items()}))
+    (out, gx, gp), (ref, ref_gx, ref_gp) = results
+    assert 0 < (ref == 0).sum() + (ref == 1).sum() < ref.numel()  # the clamp is exercised
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gx, ref_gx, atol=1e-10, rtol=0)
+    for k in params:
+        torch.testing.assert_close(gp[k], ref_gp[k], atol=1e-10, rtol=0)
+
+
 def test_gradients_reach_every_parameter_through_the_composite():
     comp = compose(ALL)
     x = torch.rand(2, 3, 16, 16)

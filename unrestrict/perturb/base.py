@@ -35,6 +35,7 @@ __all__ = [
     "cached_constant",
     "clamp_unit",
     "upsample_field",
+    "upsample_field_adjoint",
     "grid_tv",
 ]
 
@@ -238,6 +239,20 @@ def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
     rows = _cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
     cols = _cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
     return torch.matmul(torch.matmul(rows, grid), cols.t())
+
+
+def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """The gradient of :func:`upsample_field` for its grid: (B, C, H, W) -> (B, C, g, h).
+
+    For hand-written backward passes: the upsampling is linear, so its backward is the
+    transposed pair of matrix products.
+    """
+    height, width = field_grad.shape[-2:]
+    if tuple(grid_size) == (height, width):
+        return field_grad
+    rows = _cubic_weights(grid_size[0], height, field_grad.device, field_grad.dtype)
+    cols = _cubic_weights(grid_size[1], width, field_grad.device, field_grad.dtype)
+    return torch.matmul(torch.matmul(rows.t(), field_grad), cols)
 
 
 def grid_tv(grid: Tensor) -> Tensor:

@@ -21,20 +21,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import kornia.color as KC
 import kornia.filters as KF
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .base import (
     Family,
     ParamSpec,
     cached_constant,
-    clamp_unit,
     grid_tv,
     register_family,
     upsample_field,
+    upsample_field_adjoint,
 )
 
 __all__ = [
@@ -123,6 +125,68 @@ def detail_blend(x: Tensor, weight: Tensor, detail: Tensor) -> Tensor:
     return x + upsample_field(weight, x.shape[-2], x.shape[-1]) * detail
 
 
+class _LocalEdit(torch.autograd.Function):
+    """The family's whole per-pixel edit, forward and backward written out:
+    ``clamp(exp(e(p)) * (A(p) (x, 1)) + w(p) * detail, 0, 1)``.
+
+    It is the composition of :func:`local_color_transform`, :func:`local_exposure`,
+    :func:`detail_blend` and the final clamp (tests hold it to them), in one node. Autograd
+    of that chain kept each intermediate and walked a dozen full-size tensors back, among
+    them a 12-channel broadcast product. Here the backward reuses what the forward kept
+    (the pre-clamp image, the image before exposure, the gain) and makes one 12-channel
+    product for the affine field's gradient. The colour field is applied as four
+    multiply-adds on (R, G, B, 1) instead of a 12-channel product and a sum.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, affine: Tensor, light: Tensor | None,
+                detail: Tensor | None, exposure: bool) -> Tensor:
+        b, _, h, w = x.shape
+        field = upsample_field(affine.reshape(b, 12, *affine.shape[-2:]), h, w)
+        field = field.view(b, 3, 4, h, w)
+        y0 = field[:, :, 3].addcmul(field[:, :, 0], x[:, :1])
+        y0.addcmul_(field[:, :, 1], x[:, 1:2]).addcmul_(field[:, :, 2], x[:, 2:3])
+        y, gain = y0, None
+        if light is not None:
+            light_field = upsample_field(light, h, w)
+            if exposure:
+                gain = light_field[:, :1].exp()
+                y = y0 * gain
+            if detail is not None:
+                # In place is safe: without exposure y0 is not needed for the backward.
+                y = y.addcmul_(light_field[:, -1:], detail)
+        ctx.save_for_backward(x, detail, y0 if exposure else None, gain, y,
+                              field if ctx.needs_input_grad[0] else None)
+        ctx.grids = affine.shape, None if light is None else light.shape
+        return y.clamp(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, detail, y0, gain, y, field = ctx.saved_tensors
+        affine_shape, light_shape = ctx.grids
+        b, _, h, w = x.shape
+        g = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 1.0)  # the clamp's gradient
+        grad_light = None
+        if light_shape is not None:
+            parts = []
+            if gain is not None:
+                parts.append((g * y0).sum(1, keepdim=True).mul_(gain))
+            if detail is not None:
+                parts.append(g.sum(1, keepdim=True).mul_(detail))
+            grad_light = upsample_field_adjoint(torch.cat(parts, 1), light_shape[-2:])
+        if gain is not None:
+            g = g.mul_(gain)  # now the gradient of the colour-mapped image y0
+        grad_field = x.new_empty(b, 3, 4, h, w)
+        torch.mul(g.unsqueeze(2), x.unsqueeze(1), out=grad_field[:, :, :3])
+        grad_field[:, :, 3] = g
+        grad_affine = upsample_field_adjoint(grad_field.view(b, 12, h, w), affine_shape[-2:])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (field[:, :, :3] * g.unsqueeze(2)).sum(1)
+        return grad_x, grad_affine.view(affine_shape), grad_light, None, None
+
+
 @dataclass(frozen=True)
 class StyleConfig:
     grid: int = 4  # cells per side of the colour grid
@@ -172,15 +236,14 @@ class StyleFamily(Family):
         return KF.gaussian_blur2d(grid, (k, k), (s, s), border_type="replicate")
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
-        out = {"x1": with_ones(x)}
         # The detail layer is the input's own, not the locally edited image's: it is then a
         # constant of the batch, and the guided filter (~20% of the family's step) runs once
         # per batch instead of once per step. The edits it skips are at most +-16% exposure
         # and small local colour shifts (matrix and offset entries <= 0.015), a small change
         # to a layer that is itself scaled by <= 0.5.
         if self.config.detail > 0:
-            out["detail"] = luminance_detail(x, self.config.detail_kernel)
-        return out
+            return {"detail": luminance_detail(x, self.config.detail_kernel)}
+        return {}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
@@ -188,18 +251,15 @@ class StyleFamily(Family):
     ) -> Tensor:
         if prepared is None:
             prepared = self.prepare(x)
-        y = local_color_transform(x, params["matrix"], params["offset"], prepared["x1"])
+        b = x.shape[0]
+        g = params["matrix"].shape[-2:]
+        affine = torch.cat([params["matrix"].view(b, 3, 3, *g),
+                            params["offset"].view(b, 3, 1, *g)], 2) + _eye34(x.device, x.dtype)
         light = [k for k in ("exposure", "detail") if k in params]
-        if light:
-            # Both fields share the grid: one blur and one upsampling for the two.
-            grids = self._smooth(torch.cat([params[k] for k in light], 1))
-            field = dict(zip(light, upsample_field(grids, *x.shape[-2:]).split(1, 1),
-                             strict=True))
-            if "exposure" in field:
-                y = local_exposure(y, field["exposure"])
-            if "detail" in field:
-                y = detail_blend(y, field["detail"], prepared["detail"])
-        return clamp_unit(y)
+        # Both light fields share the grid: one blur and one upsampling for the two.
+        grids = self._smooth(torch.cat([params[k] for k in light], 1)) if light else None
+        return _LocalEdit.apply(x, affine, grids, prepared.get("detail") if "detail" in params
+                                else None, "exposure" in params)
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
         specs = self.param_specs(1, 1)
