@@ -42,6 +42,7 @@ from .base import (
 __all__ = [
     "StyleFamily",
     "StyleConfig",
+    "affine_grid",
     "local_color_transform",
     "with_ones",
     "local_exposure",
@@ -60,6 +61,18 @@ def _eye34(device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.eye(3, 4, device=device, dtype=dtype).view(1, 3, 4, 1, 1)
 
 
+def affine_grid(matrix: Tensor, offset: Tensor) -> Tensor:
+    """(B, 9, g, g) matrix deviations and (B, 3, g, g) offsets -> (B, 3, 4, g, g): one 3x4
+    affine colour map per grid point, identity included.
+
+    Bicubic weights sum to one, so the upsampled identity stays exact, and the whole map is
+    a single 12-channel field applied against (R, G, B, 1).
+    """
+    b, g = matrix.shape[0], matrix.shape[-2:]
+    affine = torch.cat([matrix.view(b, 3, 3, *g), offset.view(b, 3, 1, *g)], 2)
+    return affine + _eye34(matrix.device, matrix.dtype)
+
+
 def local_color_transform(
     x: Tensor, matrix: Tensor, offset: Tensor, x1: Tensor | None = None
 ) -> Tensor:
@@ -72,15 +85,10 @@ def local_color_transform(
         x1: ``with_ones(x)``, if already at hand.
     """
     b, _, h, w = x.shape
-    g = matrix.shape[-2:]
-    # One 3x4 affine matrix per grid point, identity included (bicubic weights sum to one,
-    # so the upsampled identity stays exact): a single 12-channel upsampling and a single
-    # multiply-and-sum against (R, G, B, 1). Separate identity, matrix and offset passes
-    # cost 40% more at batch 4 and 13% at batch 16 (CPU, forward+backward at 224), and this
-    # map is the largest full-resolution work of the family.
-    eye = _eye34(x.device, x.dtype)
-    affine = torch.cat([matrix.view(b, 3, 3, *g), offset.view(b, 3, 1, *g)], 2) + eye
-    m = upsample_field(affine.view(b, 12, *g), h, w).view(b, 3, 4, h, w)
+    # The family itself applies this map inside _LocalEdit; this autograd form is the
+    # reference that its hand-written passes are tested against.
+    affine = affine_grid(matrix, offset)
+    m = upsample_field(affine.view(b, 12, *affine.shape[-2:]), h, w).view(b, 3, 4, h, w)
     if x1 is None:
         x1 = with_ones(x)
     # Broadcast-multiply-sum: half the time of the equivalent einsum on the CPU.
@@ -251,10 +259,7 @@ class StyleFamily(Family):
     ) -> Tensor:
         if prepared is None:
             prepared = self.prepare(x)
-        b = x.shape[0]
-        g = params["matrix"].shape[-2:]
-        affine = torch.cat([params["matrix"].view(b, 3, 3, *g),
-                            params["offset"].view(b, 3, 1, *g)], 2) + _eye34(x.device, x.dtype)
+        affine = affine_grid(params["matrix"], params["offset"])
         light = [k for k in ("exposure", "detail") if k in params]
         # Both light fields share the grid: one blur and one upsampling for the two.
         grids = self._smooth(torch.cat([params[k] for k in light], 1)) if light else None
