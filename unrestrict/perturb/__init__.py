@@ -111,9 +111,7 @@ class Composite:
             mine = None
             if i == 0 and prepared is not None:
                 mine = {k.partition(".")[2]: v for k, v in prepared.items()}
-            mine_params = {k: v if v.dtype == x.dtype else v.to(x.dtype)
-                           for k, v in split[f.name].items()}
-            x = f.apply(x, mine_params, mine)
+            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()}, mine)
         return x
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:

