@@ -47,7 +47,7 @@ def test_prepared_apply_matches_plain_apply(names):
     comp = compose(names)
     params = _rand_params(comp, x, 1.0)
     prepared = comp.prepare(x)
-    assert bool(prepared) == (comp.names[0] == "style")
+    assert bool(prepared) == (comp.names[0] in {"style", "geometry"})
     outs, grads = [], []
     for p in (None, prepared):
         leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
@@ -228,6 +228,69 @@ def test_style_edit_is_the_composition_of_its_parts(options):
     torch.testing.assert_close(gx, ref_gx, atol=1e-10, rtol=0)
     for k in params:
         torch.testing.assert_close(gp[k], ref_gp[k], atol=1e-10, rtol=0)
+
+
+def _warp_reference(x, angle, log_scale, translate, flow, mode):
+    """The warp built pixel by pixel and sampled with grid_sample's own reflection."""
+    from unrestrict.perturb.base import upsample_field
+
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=x.dtype),
+                            torch.linspace(-1, 1, w, dtype=x.dtype), indexing="ij")
+    px, py = xs * (w / 2), ys * (h / 2)  # pixel units about the centre
+    cos, sin = torch.cos(angle).view(b, 1, 1), torch.sin(angle).view(b, 1, 1)
+    inv = torch.exp(-log_scale).view(b, 1, 1)
+    dense = upsample_field(flow, h, w)
+    gx = (cos * px - sin * py) * inv / (w / 2) + 2 * (translate[:, 0].view(b, 1, 1) + dense[:, 0])
+    gy = (sin * px + cos * py) * inv / (h / 2) + 2 * (translate[:, 1].view(b, 1, 1) + dense[:, 1])
+    out = torch.nn.functional.grid_sample(x, torch.stack([gx, gy], -1), mode=mode,
+                                          padding_mode="reflection", align_corners=True)
+    return out.clamp(0, 1)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("size", [(24, 24), (10, 90), (91, 11)])
+def test_warp_pads_once_as_grid_sample_reflects(mode, size):
+    """The family's warp (reflection margin padded once, sampling grid as matrix products)
+    against the plain construction, at every corner of the bounds, where the margin is
+    tightest; thin images check the margin along the short side too."""
+    fam = create_family("geometry", {"mode": mode})
+    specs = fam.param_specs(*size)
+    g = torch.Generator().manual_seed(5)
+    n = 8
+    x = torch.rand(n, 3, *size, generator=g, dtype=torch.float64)
+    params = {k: (torch.randint(0, 2, (n, *s.shape), generator=g) * 2 - 1).double() * s.bound
+              for k, s in specs.items()}
+    prepared = fam.prepare(x)
+    assert "padded" in prepared  # the padded path, not grid_sample's own reflection
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (lambda p: fam.apply(x, p, prepared), lambda p: fam.apply(x, p),
+               lambda p: _warp_reference(x, **p, mode=mode)):
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        out = fn(ps)
+        (out * grad).sum().backward()
+        results.append((out, [ps[k].grad for k in params]))
+    ref, ref_grads = results[-1]
+    for out, grads in results[:-1]:
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        for a, b in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_warp_margin_from_the_parameters():
+    # Without a margin warp reads one off the parameters; a quarter turn of a small image
+    # needs more than one reflection, which grid_sample's own padding then folds.
+    x = torch.rand(2, 3, 10, 14, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    params = dict(angle=torch.tensor([0.05, -0.02], dtype=torch.float64),
+                  log_scale=torch.tensor([0.03, -0.04], dtype=torch.float64),
+                  translate=torch.tensor([[0.02, -0.03], [0.0, 0.01]], dtype=torch.float64),
+                  flow=torch.rand(2, 2, 3, 3, dtype=torch.float64) * 0.02 - 0.01)
+    torch.testing.assert_close(warp(x, **params), _warp_reference(x, **params, mode="bicubic"),
+                               atol=1e-12, rtol=0)
+    params["angle"] = torch.tensor([math.pi / 2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(warp(x, **params), _warp_reference(x, **params, mode="bicubic"),
+                               atol=1e-12, rtol=0)
 
 
 def test_gradients_reach_every_parameter_through_the_composite():
