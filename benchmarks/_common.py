@@ -85,4 +85,17 @@ def write_result(name: str, markdown: str, data: object) -> Path:
 
 
 def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
+    """The command that made a table, and the code it ran: ``python ...`` at commit ``abc1234``
+    (``+ uncommitted changes`` when the working tree differed from it)."""
+    return f"`{shlex.join(['python', *sys.argv])}` at commit {code_version()}"
+
+
+def code_version() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"`{head}`" + (" + uncommitted changes" if dirty.strip() else "")

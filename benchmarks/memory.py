@@ -53,7 +53,7 @@ def main() -> None:
                    "images_per_s": written / g.seconds, "rss_mb": g.max_rss_mb})
         print(tp[-1], flush=True)
     base = rows[0]
-    md = ["### Memory and scale\n", f"Device: {device_line()}  ", f"Command: `{command_line()}`  ",
+    md = ["### Memory and scale\n", f"Device: {device_line()}  ", f"Command: {command_line()}  ",
           "One-step attack (`--stages 1 --steps 1 --refine 0`), batch 8, `--num-workers 0`; "
           "score on efficientnet_lite2, batch 16. Peak RSS of the process, from wait4. "
           "Target: 1000 images <= 1.1x the memory of 100.\n",

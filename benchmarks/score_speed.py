@@ -62,7 +62,7 @@ def main() -> None:
            "pytorch_fid_rss_mb": ref.max_rss_mb, "unrestrict_rss_mb": ours.max_rss_mb}
     print(row)
     md = ["### Score speed: `unrestrict score` vs `python -m pytorch_fid`\n",
-          f"Device: {device_line()}  ", f"Command: `{command_line()}`  ",
+          f"Device: {device_line()}  ", f"Command: {command_line()}  ",
           f"{args.n} derived 500x500 images against a result set; batch {args.batch_size}, "
           f"{args.num_workers} workers each; wall time including model loading. unrestrict "
           "computes ASR (efficientnet_lite2) + FID + LPIPS (alex, full size); pytorch-fid "

@@ -121,7 +121,7 @@ def main() -> None:
                   f"  x{t_step / t_raw:.3f}  (paired x{rows[-1]['ratio_paired']:.3f})", flush=True)
     md = ["### Step overhead: one optimisation step vs the raw ensemble forward+backward\n",
           f"Device: {device_line()}; torch threads {torch.get_num_threads()}  ",
-          f"Command: `{command_line()}`  ",
+          f"Command: {command_line()}  ",
           f"glibc keeps freed memory: {kept} (as in the CLI). "
           f"Ensemble {' + '.join(MODELS)}; medians of {args.repeats} raw and {args.repeats} "
           "attack steps, measured alternately after 2 warm-ups of each. `ratio` divides the "

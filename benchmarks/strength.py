@@ -46,6 +46,11 @@ DESCRIPTION = {
 }
 
 
+def _quoted(command: str) -> str:
+    # Results written before the commit was recorded hold the bare command.
+    return command if command.startswith("`") else f"`{command}`"
+
+
 def _mean_bytes(out: Path) -> float:
     files = [p for p in out.iterdir() if p.is_file()]
     return sum(p.stat().st_size for p in files) / max(len(files), 1)
@@ -152,7 +157,7 @@ def render(meta: dict, rows: list[dict]) -> str:
 
     md = [f"### Attack strength on held-out {EVAL} ({meta['input']}, {n} images)\n",
           f"Device: {meta['device']}  ",
-          f"Command: `{meta['command']}`  ",
+          f"Command: {_quoted(meta['command'])}  ",
           "Attack ensemble efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1;"
           f" scored on {EVAL} (held out from every configuration). `fooled budget check` is the "
           "share of results that fool efficientnet_lite1 after the JPEG round trip, as "
