@@ -86,16 +86,23 @@ def write_result(name: str, markdown: str, data: object) -> Path:
 
 def command_line() -> str:
     """The command that made a table, and the code it ran: ``python ...`` at commit ``abc1234``
-    (``+ uncommitted changes`` when the working tree differed from it)."""
-    return f"`{shlex.join(['python', *sys.argv])}` at commit {code_version()}"
+    (``+ uncommitted changes`` when the code differed from it when the script started)."""
+    return f"`{shlex.join(['python', *sys.argv])}` at commit {_CODE_VERSION}"
 
 
 def code_version() -> str:
+    # The results folder is left out: a script rewrites its own tables there.
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)benchmarks/results"],
+            cwd=ROOT, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"`{head}`" + (" + uncommitted changes" if dirty.strip() else "")
+
+
+# Read once, when a script starts: a run takes minutes, and what counts is the code it ran.
+_CODE_VERSION = code_version()
