@@ -7,6 +7,7 @@ wedge after a 3 degree rotation is exactly the kind of artefact human judges rej
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ def _field_basis(steps: int, size: int, device: torch.device, dtype: torch.dtype
     return torch.cat([_cubic_weights(steps, size, device, dtype), coord, torch.ones_like(coord)], 1)
 
 
+@functools.lru_cache(maxsize=64)
 def reach(height: int, width: int, angle: float, log_scale: float, translate: float,
           flow: float, flow_grid: int) -> tuple[int, int]:
     """Pixels past the border (rows, columns) that :func:`warp` may read, resampling taps
@@ -46,7 +48,7 @@ def reach(height: int, width: int, angle: float, log_scale: float, translate: fl
     ``|cos(a) / s - 1|`` of that axis' half size plus ``|sin(a)| / s`` of the other one's
     (at a corner), plus the shift and the flow (whose bicubic upsampling may overshoot the
     grid values by the weights' largest sum of magnitudes), plus two pixels of bicubic taps
-    and one for rounding.
+    and one for rounding. Cached: the family asks at every step.
     """
     a = min(abs(angle), math.pi)
     inv = math.exp(abs(log_scale))  # largest 1 / s
@@ -127,13 +129,15 @@ def warp(
     kx, ky = (w - 1) / (w - 1 + 2 * mx), (h - 1) / (h - 1 + 2 * my)
     inv_scale = torch.exp(-log_scale)
     cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    k = torch.tensor([kx, ky], device=x.device, dtype=x.dtype)
-    # corner[c] = [[0, coefficient of by], [coefficient of bx, constant]] for output axis c.
-    by_coef = torch.stack([-sin * (h / w), cos], 1)
-    bx_coef = torch.stack([cos, sin * (w / h)], 1)
-    corner = torch.stack([torch.zeros_like(bx_coef), by_coef, bx_coef, 2 * translate], -1)
-    corner = (corner * k[:, None]).view(b, 2, 2, 2)
-    grid = F.pad(flow * (2 * k).view(1, 2, 1, 1), (0, 2, 0, 2)) + F.pad(corner, (g[1], 0, g[0], 0))
+    zero = torch.zeros_like(cos)
+    # Per output axis, [[0, coefficient of by], [coefficient of bx, constant]]. Scaled by
+    # Python floats, not a tensor of them: that would be a host-to-device copy every step.
+    corner = torch.stack([
+        torch.stack([zero, -sin * (h / w), cos, 2 * translate[:, 0]], 1) * kx,
+        torch.stack([zero, cos, sin * (w / h), 2 * translate[:, 1]], 1) * ky,
+    ], 1).view(b, 2, 2, 2)
+    coarse = torch.cat([flow[:, :1] * (2 * kx), flow[:, 1:] * (2 * ky)], 1)
+    grid = F.pad(coarse, (0, 2, 0, 2)) + F.pad(corner, (g[1], 0, g[0], 0))
     rows = _field_basis(g[0], h, x.device, x.dtype)
     cols = _field_basis(g[1], w, x.device, x.dtype)
     field = torch.matmul(torch.matmul(rows, grid), cols.t())  # (B, 2, H, W)
