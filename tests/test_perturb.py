@@ -288,6 +288,8 @@ def test_warp_margin_from_the_parameters():
                   flow=torch.rand(2, 2, 3, 3, dtype=torch.float64) * 0.02 - 0.01)
     torch.testing.assert_close(warp(x, **params), _warp_reference(x, **params, mode="bicubic"),
                                atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="padded by the margin"):
+        warp(x, **params, margin=(2, 2), padded=torch.zeros(2, 3, 14, 14, dtype=x.dtype))
     params["angle"] = torch.tensor([math.pi / 2, 1.0], dtype=torch.float64)
     torch.testing.assert_close(warp(x, **params), _warp_reference(x, **params, mode="bicubic"),
                                atol=1e-12, rtol=0)

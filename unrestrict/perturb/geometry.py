@@ -112,6 +112,9 @@ def warp(
         margin = reach(h, w, **flat, flow_grid=max(flow.shape[-2:]))
     if padded is None:
         padded = reflect_pad(x, margin)
+    elif padded.shape[-2:] != (h + 2 * margin[0], w + 2 * margin[1]):
+        raise ValueError(f"padded is {tuple(padded.shape[-2:])}, not x ({h}, {w}) padded by "
+                         f"the margin {tuple(margin)}")
     if padded is None:
         (my, mx), source, pad_mode = (0, 0), x, "reflection"
     else:
