@@ -33,6 +33,7 @@ __all__ = [
     "register_family",
     "create_family",
     "cached_constant",
+    "cubic_weights",
     "clamp_unit",
     "upsample_field",
     "upsample_field_adjoint",
@@ -216,7 +217,7 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 @cached_constant
-def _cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(size, steps) matrix that upsamples a 1-D signal exactly as torch's bicubic does.
 
     Read off torch's own kernel by upsampling the identity basis, so the values are the same
@@ -237,8 +238,8 @@ def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
     """
     if grid.shape[-2:] == (height, width):
         return grid
-    rows = _cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
-    cols = _cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
+    rows = cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
+    cols = cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
     return torch.matmul(torch.matmul(rows, grid), cols.t())
 
 
@@ -251,8 +252,8 @@ def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Te
     height, width = field_grad.shape[-2:]
     if tuple(grid_size) == (height, width):
         return field_grad
-    rows = _cubic_weights(grid_size[0], height, field_grad.device, field_grad.dtype)
-    cols = _cubic_weights(grid_size[1], width, field_grad.device, field_grad.dtype)
+    rows = cubic_weights(grid_size[0], height, field_grad.device, field_grad.dtype)
+    cols = cubic_weights(grid_size[1], width, field_grad.device, field_grad.dtype)
     return torch.matmul(torch.matmul(rows.t(), field_grad), cols)
 
 

@@ -19,9 +19,9 @@ from torch import Tensor
 from .base import (
     Family,
     ParamSpec,
-    _cubic_weights,
     cached_constant,
     clamp_unit,
+    cubic_weights,
     grid_tv,
     register_family,
 )
@@ -34,7 +34,7 @@ def _field_basis(steps: int, size: int, device: torch.device, dtype: torch.dtype
     """(size, steps + 2): the bicubic upsampling weights of a ``steps``-point grid along one
     axis, then each pixel's normalised coordinate (-1 .. 1, align_corners), then one."""
     coord = torch.linspace(-1, 1, size, device=device, dtype=dtype)[:, None]
-    return torch.cat([_cubic_weights(steps, size, device, dtype), coord, torch.ones_like(coord)], 1)
+    return torch.cat([cubic_weights(steps, size, device, dtype), coord, torch.ones_like(coord)], 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,7 +56,7 @@ def reach(height: int, width: int, angle: float, log_scale: float, translate: fl
     sin = inv * math.sin(min(a, math.pi / 2))
     out = []
     for size, other in ((height, width), (width, height)):
-        weights = _cubic_weights(flow_grid, size, torch.device("cpu"), torch.float64)
+        weights = cubic_weights(flow_grid, size, torch.device("cpu"), torch.float64)
         over = float(weights.abs().sum(1).max())
         frac = stretch + 2 * abs(translate) + 2 * abs(flow) * over  # normalised: 2 = size - 1
         out.append(math.ceil(frac * (size - 1) / 2 + sin * other / 2) + 3)
