@@ -240,7 +240,11 @@ def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
         return grid
     rows = cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
     cols = cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
-    return torch.matmul(torch.matmul(rows, grid), cols.t())
+    # Columns first: the same products in the other order, but the full-size result then
+    # comes from one batched product with the row matrix instead of one tall product with
+    # a K of 4, which was half as fast on the CPU (12 channels from a 4x4 grid, batch 16,
+    # 224 px: 5.3 -> 2.7 ms; never slower at the sizes tried: 224 to 500 px, batch 1 to 16).
+    return torch.matmul(rows, torch.matmul(grid, cols.t()))
 
 
 def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:
