@@ -188,12 +188,14 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--steps", type=click.IntRange(0), default=None, help="Optimisation steps per stage.")
 @click.option("--step-size", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Step as a fraction of each parameter's bound [default: 2.5/steps].")
-@click.option("--momentum", type=float, default=None, help="MI-FGSM momentum (decay).")
+@click.option("--momentum", type=float, default=None,
+              help="MI-FGSM momentum (decay) [default: 0.5; 1.0 with --preset baseline].")
 @click.option("--loss", type=click.Choice(["margin", "ce"]), default=None,
               help="CW margin or cross-entropy.")
 @click.option("--kappa", type=float, default=None, help="Cap on the margin loss.")
 @click.option("--di-prob", type=click.FloatRange(0, 1), default=None,
-              help="Input diversity: probability of a random resize-and-pad per image.")
+              help="Input diversity: probability of a random resize-and-pad at each step "
+                   "(one draw for the whole batch).")
 @click.option("--blur-sigma", type=click.FloatRange(0), default=None,
               help="TI: Gaussian blur (sigma, working pixels) in the forward graph; 0 = off.")
 @click.option("--reg-weight", type=click.FloatRange(0), default=None,
