@@ -84,7 +84,12 @@ def main() -> None:
         configs[name] = shlex.split(rest)
         DESCRIPTION[name] = rest
     if args.only:
-        configs = {k: configs[k] for k in args.only.split(",")}
+        # Commas that start a name's own words ("natural, full budget") do not split it.
+        wanted = re.split(r",(?=\S)", args.only)
+        unknown = [k for k in wanted if k not in configs]
+        if unknown:
+            ap.error(f"unknown configuration(s) {unknown}; known: {list(configs)}")
+        configs = {k: configs[k] for k in wanted}
     tag = args.tag or f"strength-{args.input.name}"
     n = sum(1 for _ in (args.input / "images").iterdir())
 
@@ -131,9 +136,11 @@ def main() -> None:
 
 def _with_baseline(rows: list[dict], path: Path) -> list[dict]:
     """``rows`` with the baseline row taken from another run's JSON (same input)."""
-    prior = json.loads(path.read_text())["rows"]
-    return ([r for r in prior if r["config"] == "baseline"]
-            + [r for r in rows if r["config"] != "baseline"])
+    prior = json.loads(path.read_text())
+    base = [dict(r) for r in prior["rows"] if r["config"] == "baseline"]
+    for r in base:  # the file is usually overwritten by this run: keep where the row came from
+        r.setdefault("measured_by", prior["meta"]["command"])
+    return base + [r for r in rows if r["config"] != "baseline"]
 
 
 def shown_command(cmd: list[str]) -> str:
@@ -178,7 +185,11 @@ def render(meta: dict, rows: list[dict]) -> str:
         md.append("\nThe derived images are random crops, flips and mild colour jitters of the 24 "
                   "sample photos (`derive.py`): more samples for FID and LPIPS, but not that many "
                   "independent photos.")
-    if "baseline_from" in meta:
+    measured_by = [r["measured_by"] for r in rows if "measured_by" in r]
+    if measured_by:
+        md.append(f"\nThe baseline row is reused from an earlier run on the same input "
+                  f"(`--baseline-from`): {measured_by[0]}.")
+    elif "baseline_from" in meta:
         md.append(f"\nThe baseline row is taken from `{meta['baseline_from']}` (same input).")
     md.append("\nGenerate commands (each followed by "
               f"`unrestrict score INPUT OUT --eval-models {EVAL}`):\n")
