@@ -189,7 +189,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--step-size", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Step as a fraction of each parameter's bound [default: 2.5/steps].")
 @click.option("--momentum", type=float, default=None,
-              help="MI-FGSM momentum (decay) [default: 0.5; 1.0 with --preset baseline].")
+              help="MI-FGSM momentum (decay) [default: 1.0].")
 @click.option("--loss", type=click.Choice(["margin", "ce"]), default=None,
               help="CW margin or cross-entropy.")
 @click.option("--kappa", type=float, default=None, help="Cap on the margin loss.")
