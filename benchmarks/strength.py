@@ -1,13 +1,21 @@
-"""Attack strength on held-out models: each family alone, the natural families together, and
-the contest teams' L-inf DI-MI-FGSM baseline.
+"""Attack strength on held-out models, naturalness and cost, each configuration beside the
+contest teams' L-inf DI-MI-FGSM baseline run with the same models.
 
-Every configuration attacks the same ensemble (efficientnet_lite0 + mobilenet_v2, with
-efficientnet_lite1 for the per-image budget check) and is scored by `unrestrict score` on
-efficientnet_lite2, which no configuration ever sees.
+Two protocols:
 
-    python benchmarks/strength.py                       # sample set, all configurations
-    python benchmarks/strength.py --only baseline,natural --input benchmarks/work/derived-96
+* ``cross-arch`` (the default): attack efficientnet_lite0 alone, budget check on
+  efficientnet_lite1, score on mobilenet_v2 (another architecture and training recipe) and
+  efficientnet_lite2. Transfer is claimed on mobilenet_v2.
+* ``same-family``: attack efficientnet_lite0 + mobilenet_v2, budget check on
+  efficientnet_lite1, score on efficientnet_lite2 (one family with the attack: flattering).
+
+    python benchmarks/strength.py                                   # cross-arch, sample set
+    python benchmarks/strength.py --protocol same-family
+    python benchmarks/strength.py --only baseline,natural --input benchmarks/work/derived-160
     python benchmarks/strength.py --config "mine=--family color --val-margin 2"
+
+The default configuration's results on the input also go into a before/after contact sheet,
+``results/contact-<tag>.jpg``, so the look can be judged without running anything.
 """
 
 from __future__ import annotations
@@ -17,11 +25,32 @@ import json
 import re
 import shlex
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
 
-EVAL = "efficientnet_lite2"
+
+@dataclass(frozen=True)
+class Protocol:
+    models: tuple[str, ...]
+    val: tuple[str, ...]
+    eval: tuple[str, ...]  # held out from every configuration; the first is the headline
+    note: str
+
+
+PROTOCOLS = {
+    "cross-arch": Protocol(
+        ("efficientnet_lite0",), ("efficientnet_lite1",), ("mobilenet_v2", "efficientnet_lite2"),
+        "Attack efficientnet_lite0 alone; budget check on efficientnet_lite1; scored on "
+        "mobilenet_v2 (another architecture and training recipe: the transfer claim) and "
+        "efficientnet_lite2 (the attack model's family)."),
+    "same-family": Protocol(
+        ("efficientnet_lite0", "mobilenet_v2"), ("efficientnet_lite1",), ("efficientnet_lite2",),
+        "Attack efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1; scored "
+        "on efficientnet_lite2, the attack model's own family (flatters transfer)."),
+}
+DEFAULT_CONFIG = "natural"
 CONFIGS: dict[str, list[str]] = {
     "baseline": ["--preset", "baseline"],
     "color": ["--family", "color"],
@@ -30,24 +59,27 @@ CONFIGS: dict[str, list[str]] = {
     "natural": [],
     "natural+geometry": ["--family", "color,style,geometry"],
     "natural, full budget": ["--stages", "1", "--steps", "40", "--refine", "0"],
-    "natural, JPEG q85": ["--jpeg-quality", "85"],
-    "natural, JPEG q75": ["--jpeg-quality", "75"],
+    "natural, failures unchanged": ["--on-failure", "original"],
+    "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
 }
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
     "color": "colour family alone, staged budget",
     "style": "style family alone, staged budget",
     "geometry": "geometry family alone, staged budget",
-    "natural": "the default: colour + style, staged per-image budget, JPEG q95",
-    "natural+geometry": "colour + style + geometry, staged budget",
-    "natural, full budget": "colour + style, one stage at full bounds (no minimal budget)",
-    "natural, JPEG q85": "the default at JPEG quality 85",
-    "natural, JPEG q75": "the default at JPEG quality 75",
+    "natural": "the default preset, staged per-image budget, JPEG q95",
+    "natural+geometry": "the default plus geometry, staged budget",
+    "natural, full budget": "the default at full bounds in one stage (no minimal budget)",
+    "natural, failures unchanged": "the default; images that never fool the budget check are "
+                                   "written unchanged",
+    "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
+                                          "keep the smallest stage that fooled the attack model",
 }
+NATURAL_KEYS = ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
+                "detail_excess_p95", "within_limits", "natural_success")
 
 
 def _quoted(command: str) -> str:
-    # Results written before the commit was recorded hold the bare command.
     return command if command.startswith("`") else f"`{command}`"
 
 
@@ -56,28 +88,57 @@ def _mean_bytes(out: Path) -> float:
     return sum(p.stat().st_size for p in files) / max(len(files), 1)
 
 
+def _mean_passes(out: Path) -> float | None:
+    """Mean attack-model forward+backward passes per image, from the run logs."""
+    recs = [json.loads(line) for p in sorted((out / ".unrestrict").glob("log-*.jsonl"))
+            for line in p.read_text().splitlines() if line.strip()]
+    passes = [r["passes"] for r in recs if r.get("status") == "ok" and "passes" in r]
+    return sum(passes) / len(passes) if passes else None
+
+
+def contact_sheet(input_dir: Path, out: Path, per_image: Path, path: Path,
+                  thumb: int = 200) -> None:
+    """Every result beside its original, small, as one JPEG to commit."""
+    import csv
+
+    from unrestrict.report import contact_sheet as sheet
+    from unrestrict.report import thumbnails
+
+    cells = []
+    for r in csv.DictReader(per_image.open()):
+        cells.append((*thumbnails(input_dir, out, r["ImageId"], thumb), [
+            f"{r['ImageId']}  fooled {r['fooled_models']}  LPIPS {float(r['lpips']):.3f}",
+            f"drift {float(r['color_drift_p95']):.1f}  flat {float(r['flat_noise']):.1f}  "
+            f"detail {float(r['detail_excess_p95']):.2f}"]))
+    sheet(cells, path, thumb=thumb, cols=4, quality=88)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", type=Path, default=SAMPLE)
+    ap.add_argument("--protocol", choices=list(PROTOCOLS), default="cross-arch")
     ap.add_argument("--only", default=None, help="comma-separated subset of the configurations")
     ap.add_argument("--config", action="append", default=[], metavar="NAME=ARGS",
                     help="an extra configuration: name and generate arguments")
-    ap.add_argument("--tag", default=None, help="result file name [default: strength-<input>]")
+    ap.add_argument("--tag", default=None,
+                    help="result file name [default: strength-<protocol>-<input>]")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--baseline-from", type=Path, default=None,
-                    help="take the baseline row from an earlier run's .json on the same input")
+                    help="take the baseline row from an earlier run's .json (same input, "
+                         "same protocol)")
     ap.add_argument("--render", type=Path, default=None,
                     help="only re-render the table of an existing results .json")
     args = ap.parse_args()
     if args.render:
         doc = json.loads(args.render.read_text())
-        if args.baseline_from:  # e.g. a baseline timed again on a quiet machine
+        if args.baseline_from:
             doc["rows"] = _with_baseline(doc["rows"], args.baseline_from)
             doc["meta"]["baseline_from"] = str(args.baseline_from)
         path = write_result(args.render.stem, render(doc["meta"], doc["rows"]), doc)
         print(f"wrote {path}")
         return
 
+    proto = PROTOCOLS[args.protocol]
     configs = dict(CONFIGS)
     for c in args.config:
         name, _, rest = c.partition("=")
@@ -90,43 +151,55 @@ def main() -> None:
         if unknown:
             ap.error(f"unknown configuration(s) {unknown}; known: {list(configs)}")
         configs = {k: configs[k] for k in wanted}
-    tag = args.tag or f"strength-{args.input.name}"
+    tag = args.tag or f"strength-{args.protocol}-{args.input.name}"
     n = sum(1 for _ in (args.input / "images").iterdir())
+    models = ["--models", ",".join(proto.models), "--val-models", ",".join(proto.val)]
 
     rows = []
     for name, extra in configs.items():
         out = WORK / tag / name
         shutil.rmtree(out, ignore_errors=True)
         gen = unrestrict("generate", str(args.input), str(out), "-b", str(args.batch_size),
-                         "-q", *extra)
+                         "-q", *models, *extra)
         g = run(gen)
         written = int(re.search(r"(\d+) written", g.stdout).group(1))
         val = re.search(r"fooled validation models (\d+)/(\d+)", g.stdout)
-        js = out / ".unrestrict" / "score.json"
-        s = run(unrestrict("score", str(args.input), str(out), "--eval-models", EVAL,
-                           "--json", str(js), "-q"))
+        js, per_image = out / ".unrestrict" / "score.json", out / ".unrestrict" / "score.csv"
+        s = run(unrestrict("score", str(args.input), str(out), "--eval-models",
+                           ",".join(proto.eval), "--json", str(js), "--csv", str(per_image),
+                           "-q"))
         summary = json.loads(js.read_text())
         row = {
             "config": name, "description": DESCRIPTION.get(name, ""),
-            "asr": summary["asr"], "lpips": summary["lpips"], "fid": summary["fid"],
-            "score": summary["score"], "clean_accuracy": summary["clean_accuracy"],
+            "asr": summary["asr"], "asr_per_model": summary["asr_per_model"],
+            "lpips": summary["lpips"], "fid": summary["fid"], "score": summary["score"],
+            "clean_accuracy": summary["clean_accuracy"],
+            **{k: summary[k] for k in NATURAL_KEYS},
             # 100 * ASR * LPIPS factor: the formula without its FID term, because FID from
             # a few dozen images is dominated by its small-sample bias.
             "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
             # Share of images that fooled the budget-check model after the JPEG round trip.
             "val_success": int(val.group(1)) / int(val.group(2)) if val else None,
+            "passes_per_image": _mean_passes(out),
             "bytes_per_image": _mean_bytes(out),
             "seconds_per_image": g.seconds / max(written, 1), "n_images": summary["n_images"],
             "generate": shown_command(gen),
             "score_seconds": s.seconds,
         }
         rows.append(row)
-        print(f"{name:>22}: ASR {row['asr']:.3f}  LPIPS {row['lpips']:.4f}  FID {row['fid']:.1f}"
-              f"  score {row['score']:.2f} (no FID {row['score_no_fid']:.2f})"
-              f"  {row['seconds_per_image']:.2f} s/img", flush=True)
+        per = "  ".join(f"{m} {v:.3f}" for m, v in row["asr_per_model"].items())
+        print(f"{name:>22}: ASR {per}  LPIPS {row['lpips']:.4f}  drift "
+              f"{row['color_drift']:.2f}/{row['color_drift_p95']:.2f}  flat "
+              f"{row['flat_noise']:.2f}  detail {row['detail_excess']:.3f}/"
+              f"{row['detail_excess_p95']:.3f}  passes {row['passes_per_image']}  "
+              f"{row['seconds_per_image']:.2f} s/img", flush=True)
+        if name == DEFAULT_CONFIG:
+            contact_sheet(args.input, out, per_image,
+                          ROOT / "benchmarks" / "results" / f"contact-{tag}.jpg")
 
     meta = {"command": command_line(), "device": device_line(), "input": args.input.name,
-            "n_images": n}
+            "n_images": n, "protocol": args.protocol, "models": list(proto.models),
+            "val_models": list(proto.val), "eval_models": list(proto.eval), "tag": tag}
     if args.baseline_from:
         meta["baseline_from"] = str(args.baseline_from)
         rows = _with_baseline(rows, args.baseline_from)
@@ -155,32 +228,44 @@ def shown_command(cmd: list[str]) -> str:
 def render(meta: dict, rows: list[dict]) -> str:
     """The markdown table of one run, from the values it measured."""
     n = meta["n_images"]
+    evals = meta["eval_models"]
     base = next((r for r in rows if r["config"] == "baseline"), None)
 
     def ratio(key: str, r: dict) -> str:
-        if base is None or base[key] <= 0:
+        if base is None or not base.get(key):
             return "-"
         return f"{r[key] / base[key]:.2f}x"
 
-    md = [f"### Attack strength on held-out {EVAL} ({meta['input']}, {n} images)\n",
+    def opt(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    proto = PROTOCOLS[meta["protocol"]]
+    md = [f"### Strength and naturalness, {meta['protocol']} protocol ({meta['input']}, "
+          f"{n} images)\n",
           f"Device: {meta['device']}  ",
           f"Command: {_quoted(meta['command'])}  ",
-          "Attack ensemble efficientnet_lite0 + mobilenet_v2; budget check on efficientnet_lite1;"
-          f" scored on {EVAL} (held out from every configuration). `fooled budget check` is the "
-          "share of results that fool efficientnet_lite1 after the JPEG round trip, as "
-          f"`generate` reported it. FID from {n} images is "
-          "rank-deficient and biased upwards, far above what the same change scores on "
-          "thousands of images: compare it between rows only. `score` is the full formula with "
-          "that FID; `no-FID score` = 100 * ASR * LPIPS factor.\n",
-          "| config | held-out ASR | fooled budget check | mean LPIPS | FID (biased) | score | "
-          "vs baseline | no-FID score | vs baseline | s/img | KB/img |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          f"{proto.note} `budget check` is the share of results that fool the budget-check "
+          "model after the JPEG round trip, as `generate` reported it. Naturalness (see README): "
+          "colour drift in delta E (mean / p95 over pixels; limits 1.5 / 3), flat-region noise in "
+          "0-255 RMS (limit 1.2), added fine detail (mean / p95 over blocks; limits 0.3 / 0.6); "
+          "`natural` is the share of images within every limit, `fooled+natural` the share that "
+          "fool every held-out model and stay within every limit. FID from "
+          f"{n} images is rank-deficient and biased upwards: compare it between rows only. "
+          "`no-FID score` = 100 x mean held-out ASR x LPIPS factor. `passes` = forward+backward "
+          "passes of the attack model per image.\n",
+          "| config | " + " | ".join(f"ASR {m}" for m in evals) + " | budget check | LPIPS | "
+          "drift | flat noise | detail | natural | fooled+natural | FID (biased) | "
+          "no-FID score | vs baseline | passes | s/img |",
+          "|---" * (len(evals) + 13) + "|"]
     for r in rows:
-        val = "-" if r.get("val_success") is None else f"{r['val_success']:.3f}"
-        md.append(f"| {r['config']} | {r['asr']:.3f} | {val} | {r['lpips']:.4f} | {r['fid']:.1f} | "
-                  f"{r['score']:.2f} | {ratio('score', r)} | {r['score_no_fid']:.2f} | "
-                  f"{ratio('score_no_fid', r)} | {r['seconds_per_image']:.2f} | "
-                  f"{r['bytes_per_image'] / 1024:.0f} |")
+        asr = " | ".join(f"{r['asr_per_model'][m]:.3f}" for m in evals)
+        md.append(
+            f"| {r['config']} | {asr} | {opt(r.get('val_success'), '.3f')} | {r['lpips']:.4f} | "
+            f"{r['color_drift']:.2f} / {r['color_drift_p95']:.2f} | {r['flat_noise']:.2f} | "
+            f"{r['detail_excess']:.3f} / {r['detail_excess_p95']:.3f} | "
+            f"{r['within_limits']:.3f} | {r['natural_success']:.3f} | {r['fid']:.1f} | "
+            f"{r['score_no_fid']:.2f} | {ratio('score_no_fid', r)} | "
+            f"{opt(r.get('passes_per_image'), '.0f')} | {r['seconds_per_image']:.2f} |")
     if meta["input"].startswith("derived"):
         md.append("\nThe derived images are random crops, flips and mild colour jitters of the 24 "
                   "sample photos (`derive.py`): more samples for FID and LPIPS, but not that many "
@@ -189,10 +274,11 @@ def render(meta: dict, rows: list[dict]) -> str:
     if measured_by:
         md.append(f"\nThe baseline row is reused from an earlier run on the same input "
                   f"(`--baseline-from`): {measured_by[0]}.")
-    elif "baseline_from" in meta:
-        md.append(f"\nThe baseline row is taken from `{meta['baseline_from']}` (same input).")
-    md.append("\nGenerate commands (each followed by "
-              f"`unrestrict score INPUT OUT --eval-models {EVAL}`):\n")
+    if any(r["config"] == DEFAULT_CONFIG for r in rows):
+        md.append(f"\nBefore/after contact sheet of `{DEFAULT_CONFIG}`: "
+                  f"[contact-{meta['tag']}.jpg](results/contact-{meta['tag']}.jpg).")
+    md.append("\nGenerate commands (each followed by `unrestrict score INPUT OUT --eval-models "
+              f"{','.join(evals)}`):\n")
     md += [f"- {r['config']} ({r['description']}): `{r['generate']}`" for r in rows]
     return "\n".join(md) + "\n"
 

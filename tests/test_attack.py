@@ -162,3 +162,37 @@ def test_config_validation():
         AttackConfig(di_prob=1.5)
     with pytest.raises(ValueError, match="loss"):
         AttackConfig(loss="hinge")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["strongest", "original", "ensemble"])
+def test_failure_policy_decides_what_unfooled_images_get(policy, mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    # A validation margin no model reaches: every image fails the budget check, while the
+    # white-box pixel attack fools the attack model itself within the first stage or two.
+    cfg = AttackConfig(families=("pixel",), work_size=0, stages=4, steps=3, refine=0,
+                       di_prob=0.0, val_margin=1e9, on_failure=policy)
+    results = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
+    for img, r in zip(x, results, strict=True):
+        assert r.val_success is False
+        assert r.passes == 4 * 3  # every stage ran: nothing stopped early
+        change = (r.decoded.float() / 255 - img).abs().mean().item()
+        if policy == "strongest":
+            assert r.decision == "strongest" and r.strength == 1.0 and change > 4 / 255
+        elif policy == "original":
+            assert r.decision == "original" and r.strength == 0.0 and change < 1 / 255
+            assert all(bool((p == 0).all()) for p in r.params.values())
+        else:
+            assert r.decision == "ensemble" and r.ensemble_success
+            assert r.strength < 1.0  # an earlier, smaller stage already fooled the model
+
+
+def test_passes_count_only_the_stages_an_image_ran(mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("pixel",), work_size=0, stages=4, steps=3, refine=0,
+                       di_prob=0.0, val_margin=0.0)
+    results = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
+    for r in results:
+        stage = round(r.strength * 4)
+        assert r.decision == "minimal" and r.passes == 3 * stage
+    with pytest.raises(ValueError, match="on_failure"):
+        AttackConfig(on_failure="drop")  # type: ignore[arg-type]

@@ -89,6 +89,11 @@ def test_self_score_identities_with_real_weights(self_score):
     assert s["asr_on_clean_correct"] == 0.0
     assert s["n_images"] == 24 and s["fid_full_rank"] is False
     assert s["score"] == pytest.approx(100 * s["asr"])
+    for key in ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
+                "detail_excess_p95", "lpips_alex"):
+        assert s[key] == 0.0, key
+    assert s["within_limits"] == 1.0
+    assert s["natural_success"] == pytest.approx(s["asr_all_models"])
 
 
 def test_zip_and_folder_give_the_same_numbers(self_score, tmp_path, sample_dir):
@@ -113,46 +118,72 @@ def test_cli_outputs_json_csv_and_report(self_score, tmp_path, sample_dir):
     assert out.exit_code == 0, out.output
     s = json.loads((tmp_path / "s.json").read_text())
     for key in ("asr", "fid", "lpips", "score", "n_images", "eval_models", "clean_accuracy",
-                "formula", "conventions", "versions"):
+                "formula", "conventions", "versions", "color_drift", "color_drift_p95",
+                "flat_noise", "detail_excess", "detail_excess_p95", "lpips_alex"):
         assert key in s
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0].startswith("ImageId,TrueLabel,clean_pred[mobilenet_v2]")
+    assert lines[0].endswith("lpips,lpips_alex,color_drift,color_drift_p95,flat_noise,"
+                             "detail_excess,detail_excess_p95,worst_ratio")
     assert len(lines) == 25
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Least natural results" in html and "Failures" in html
     assert Image.open(tmp_path / "rep" / "contact_sheet.png").size[0] > 500
-    assert "score" in out.output and "ASR" in out.output
+    for line in ("score", "ASR", "colour drift", "flat-region noise", "added fine detail"):
+        assert line in out.output
 
 
-def test_missing_results_are_refused_unless_partial(sample_copy, tmp_path):
-    inp = sample_copy(3)
+def test_report_ranks_by_naturalness_not_lpips(sample_copy, tmp_path):
+    """A colour cloud (low LPIPS, high drift) ranks above a uniform darkening (higher LPIPS,
+    no drift); the page escapes what it shows and links the full-size files."""
+    import kornia.enhance as KE
+
+    from conftest import load_folder
+    from unrestrict.jpeg import encode_jpeg
+    from unrestrict.report import write_report
+
+    inp = sample_copy(2)
+    x, _ = load_folder(inp)
     adv = tmp_path / "adv"
     adv.mkdir()
-    for name in ("0.jpg", "1.jpg"):
-        shutil.copy(inp / "images" / name, adv / name)
-    cfg = ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0)
-    from unrestrict.errors import DataError
+    yy, xx = torch.meshgrid(torch.arange(500), torch.arange(500), indexing="ij")
+    cloud = torch.exp(-((yy - 120) ** 2 + (xx - 250) ** 2) / (2 * 60.0**2))
+    clouded = x[0].clone()
+    clouded[0] += 0.07 * cloud
+    clouded[1] -= 0.05 * cloud
+    (adv / "0.jpg").write_bytes(encode_jpeg(clouded.clamp(0, 1), 95))
+    (adv / "1.jpg").write_bytes(encode_jpeg(KE.adjust_gamma(x[1], 1.6).clamp(0, 1), 95))
+    res = score(inp, adv, ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0),
+                progress=False)
+    by_id = {im.image_id: im for im in res.images}
+    assert by_id["0.jpg"].lpips < by_id["1.jpg"].lpips
+    assert by_id["0.jpg"].worst_ratio > 1 > by_id["1.jpg"].worst_ratio
+    index = write_report(res, inp, adv, tmp_path / "rep")
+    page = index.read_text()
+    assert page.index("<b>0.jpg</b>") < page.index("<b>1.jpg</b>")
+    assert "href=\"full/result/0.jpg\"" in page
+    assert (tmp_path / "rep" / "full" / "result" / "0.jpg").read_bytes() == (
+        adv / "0.jpg").read_bytes()
 
-    with pytest.raises(DataError, match="1 of 3 rows have no result.*2.jpg"):
-        score(inp, adv, cfg, progress=False)
+
+def test_two_lpips_nets_in_one_pass(sample_copy, tmp_path):
+    from conftest import load_folder
+    from unrestrict.jpeg import encode_jpeg
+
+    inp = sample_copy(2)
+    x, _ = load_folder(inp)
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    for name, img in zip(("0.jpg", "1.jpg"), x, strict=True):
+        (adv / name).write_bytes(encode_jpeg((img * 0.8 + 0.1).clamp(0, 1), 90))
     res = score(inp, adv, ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0,
-                                      partial=True), progress=False)
-    assert res.summary["n_images"] == 2 and res.summary["n_missing"] == 1
-
-
-def test_default_eval_models_exclude_those_the_run_used(tmp_path, sample_copy):
-    from unrestrict.data import META_DIR
-    from unrestrict.score import default_eval_models
-    from unrestrict.submission import ResultSource
-
-    run = tmp_path / "run"
-    (run / META_DIR).mkdir(parents=True)
-    (run / META_DIR / "config.json").write_text(json.dumps(
-        {"config": {"models": ["efficientnet_lite0", "mobilenet_v2"],
-                    "val_models": ["efficientnet_lite1"]}}))
-    models, why = default_eval_models(ResultSource(run), None)
-    assert models == ["efficientnet_lite2"] and "not used by the run" in why
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    models, why = default_eval_models(ResultSource(bare), None)
-    assert len(models) == 4 and "may include the attack models" in why
+                                      lpips_nets=("vgg", "alex")), progress=False)
+    s = res.summary
+    assert s["lpips_net"] == "vgg" and s["lpips"] == s["lpips_vgg"]
+    assert s["lpips_alex"] > 0.01 and s["lpips_vgg"] > 0.01
+    assert s["lpips_alex"] != s["lpips_vgg"]
+    assert res.images[0].lpips_by_net["vgg"] == res.images[0].lpips
+    with pytest.raises(ValueError, match="distinct names"):
+        ScoreConfig(lpips_nets=("alex", "alex"))
+    with pytest.raises(ValueError, match="distinct names"):
+        ScoreConfig(lpips_nets=("squeeze",))

@@ -11,7 +11,9 @@ Per batch:
    models. Images that fool all of them stop growing (the contest winner's per-image minimal
    budget); a short bisection then shrinks their parameters towards the identity while they
    still fool the validation models.
-3. Images that never fool them keep the strongest result within the bounds.
+3. Images that never fool them get what ``on_failure`` says (:data:`FAILURE_POLICIES`): the
+   strongest result within the bounds, the original unchanged, or the smallest change that
+   fooled the attack ensemble.
 """
 
 from __future__ import annotations
@@ -40,11 +42,20 @@ __all__ = [
     "ce_loss",
     "input_diversity",
     "PIXEL_BASELINE",
+    "FAILURE_POLICIES",
 ]
 
 LossName = Literal["margin", "ce"]
 AmpMode = Literal["none", "bf16", "fp16"]
-Decision = Literal["minimal", "strongest"]
+Decision = Literal["minimal", "strongest", "original", "ensemble"]
+FailurePolicy = Literal["strongest", "original", "ensemble"]
+# What an image that never fools the validation models is given.
+FAILURE_POLICIES: dict[str, str] = {
+    "strongest": "the strongest result within the bounds (the most changed)",
+    "original": "the original, unchanged (re-encoded at the output quality)",
+    "ensemble": "the smallest budget stage whose result fooled the attack ensemble, "
+                "else the strongest",
+}
 
 
 def margin_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
@@ -123,6 +134,7 @@ class AttackConfig:
     # 95 gave the lowest LPIPS of 95/85/75 in every sample-set run; held-out ASR moved by at
     # most two of 24 images between them, in both directions (benchmarks/RESULTS.md).
     jpeg_quality: int = 95
+    on_failure: FailurePolicy = "strongest"
 
     def __post_init__(self) -> None:
         checks = [
@@ -134,6 +146,8 @@ class AttackConfig:
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
+            (self.on_failure in FAILURE_POLICIES,
+             f"on_failure must be one of {', '.join(FAILURE_POLICIES)}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -182,6 +196,7 @@ class ImageResult:
     ensemble_success: bool
     val_success: bool | None  # None when no validation models were given
     val_margin: float | None
+    passes: int  # forward+backward passes of the attack ensemble spent on this image
 
 
 class Attack:
@@ -350,6 +365,9 @@ class Attack:
         prepared = self.composite.prepare(x_work)
         velocity = {k: torch.zeros_like(v) for k, v in params.items()}
         strength = torch.zeros(b, device=self.device)
+        passes = torch.zeros(b, dtype=torch.long)
+        # Per image: the first (smallest) stage's result that fooled the attack ensemble.
+        fallback: list[tuple[_Candidate, dict[str, Tensor], float] | None] = [None] * b
         results: list[ImageResult | None] = [None] * b
         levels = [(k + 1) / cfg.stages for k in range(cfg.stages)]
         prev_level = 0.0
@@ -358,6 +376,7 @@ class Attack:
             strength[active] = level
             for _ in range(cfg.steps):
                 self._step(x_work, params, velocity, y, active, strength, generator, prepared)
+            passes[active.cpu()] += cfg.steps
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
             scales = [1.0] * len(cands)
@@ -371,16 +390,39 @@ class Attack:
                     scales[j], cands[j] = tj, c
             last = level == levels[-1]
             for j, c in enumerate(cands):
-                if c.fooled or last:
-                    p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
-                    results[int(active[j])] = self._result(c, p_j, level * scales[j])
+                i = int(active[j])
+                p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
+                if c.fooled:
+                    results[i] = self._result(c, p_j, level * scales[j], "minimal")
+                    continue
+                if c.ens_fooled and fallback[i] is None:
+                    fallback[i] = (c, p_j, level)
+                if last:
+                    results[i] = self._failure(x[i], y[i], c, p_j, level, fallback[i])
             keep = torch.tensor([not (c.fooled or last) for c in cands], device=self.device)
             active = active[keep]
             prev_level = level
             if len(active) == 0:
                 break
         assert all(r is not None for r in results)
+        for r, n in zip(results, passes.tolist(), strict=True):
+            r.passes = n  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
+
+    def _failure(
+        self, x: Tensor, y: Tensor, strongest: _Candidate, params: dict[str, Tensor],
+        level: float, fallback: tuple[_Candidate, dict[str, Tensor], float] | None,
+    ) -> ImageResult:
+        """What an image that never fooled the validation models gets (``on_failure``)."""
+        policy = self.config.on_failure
+        if policy == "ensemble" and fallback is not None:
+            return self._result(*fallback, "ensemble")
+        if policy == "original":
+            zero = {k: torch.zeros_like(v) for k, v in params.items()}
+            (c,) = self._evaluate(x[None], y[None], {k: v[None].to(x.device)
+                                                     for k, v in zero.items()})
+            return self._result(c, zero, 0.0, "original")
+        return self._result(strongest, params, level, "strongest")
 
     def _evaluate(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor]) -> list[_Candidate]:
         """Render at full size, round-trip through JPEG, and judge each image."""
@@ -391,7 +433,8 @@ class Attack:
             for blob, dec, f, m, e in zip(blobs, decoded, fooled, margins, ens_fooled, strict=True)
         ]
 
-    def _result(self, c: _Candidate, params: dict[str, Tensor], strength: float) -> ImageResult:
+    def _result(self, c: _Candidate, params: dict[str, Tensor], strength: float,
+                decision: Decision) -> ImageResult:
         has_val = self.val is not None
         return ImageResult(
             jpeg=c.jpeg,
@@ -399,10 +442,11 @@ class Attack:
             params=params,
             strength=strength,
             used=float(self.composite.relative_size({k: v[None] for k, v in params.items()})),
-            decision="minimal" if c.fooled else "strongest",
+            decision=decision,
             ensemble_success=c.ens_fooled,
             val_success=c.fooled if has_val else None,
             val_margin=c.margin if has_val else None,
+            passes=0,  # filled in by run()
         )
 
     def _refine(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
+from .attack import FAILURE_POLICIES
 from .errors import UnrestrictError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,6 +211,10 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Bisection steps that shrink a successful image towards the original.")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None,
               help="Output JPEG quality; success is judged on the decoded bytes [default: 95].")
+@click.option("--on-failure", type=click.Choice(list(FAILURE_POLICIES)), default=None,
+              help="What an image that never fools the validation models gets: "
+                   + "; ".join(f"{k}: {v}" for k, v in FAILURE_POLICIES.items())
+                   + " [default: strongest].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Shorthand for --set pixel.eps=EPS/255 (L-inf bound in 0-255 units).")
 @click.option("--set", "set_", multiple=True, metavar="FAMILY.OPTION=VALUE",
@@ -260,7 +265,7 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
         k: opts[k]
         for k in ("stages", "steps", "step_size", "momentum", "loss", "kappa", "di_prob",
                   "blur_sigma", "reg_weight", "lpips_weight", "work_size", "val_margin",
-                  "refine", "jpeg_quality")
+                  "refine", "jpeg_quality", "on_failure")
         if opts[k] is not None
     }
     if opts["family"] is not None:
@@ -316,8 +321,10 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
                    "did not use, read from RESULTS/.unrestrict or --run-dir].")
 @click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               default=None, help="The generate output folder, when RESULTS is a zip.")
-@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
-              show_default=True, help="LPIPS backbone (v0.1 linear heads).")
+@click.option("--lpips-net", callback=_csv_list, default="alex", show_default=True,
+              metavar="LIST",
+              help="LPIPS backbones to report, from alex, vgg (v0.1 linear heads), e.g. "
+                   "alex,vgg; the first is the one the combined score uses.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="Write the summary (asr, fid, lpips, score, ...) as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -357,12 +364,12 @@ def score_cmd(input_dir: Path, results: Path, **opts: Any) -> None:
       unrestrict score data/sample out/ --eval-models efficientnet_lite2 --report report/
     """
     from .metrics import ScoreFormula
-    from .score import ScoreConfig, score
+    from .score import ScoreConfig, score, summary_rows
 
     _setup_logging(opts["quiet"])
     cfg = ScoreConfig(
         eval_models=opts["eval_models"] or None,
-        lpips_net=opts["lpips_net"],
+        lpips_nets=opts["lpips_net"],
         batch_size=opts["batch_size"] or 16,
         num_workers=opts["num_workers"],
         formula=ScoreFormula(opts["fid_cap"], opts["lpips_low"], opts["lpips_high"]),
@@ -380,20 +387,8 @@ def score_cmd(input_dir: Path, results: Path, **opts: Any) -> None:
 
         index = write_report(result, input_dir, results, opts["report_dir"])
         click.echo(f"report: {index}", err=True)
-    per_model = ", ".join(f"{m} {v:.3f}" for m, v in s["asr_per_model"].items())
-    fid_note = "" if s["fid_full_rank"] else f"  (from {s['n_images']} images: biased, see --help)"
-    missing = f" ({s['n_missing']} missing)" if s["n_missing"] else ""
-    click.echo(
-        f"images           {s['n_images']}{missing}"
-        + f"\neval models      {', '.join(s['eval_models'])}"
-        + f"\nclean accuracy   {s['clean_accuracy']:.3f}"
-        + f"\nASR              {s['asr']:.3f}  ({per_model})"
-        + f"\nASR on correct   {s['asr_on_clean_correct']:.3f}"
-        + f"\nFID              {s['fid']:.2f}{fid_note}"
-        + f"\nLPIPS ({cfg.lpips_net})     {s['lpips']:.4f}  (median "
-        + f"{s['lpips_distribution']['median']:.4f}, p95 {s['lpips_distribution']['p95']:.4f})"
-        + f"\nscore            {s['score']:.2f}"
-    )
+    width = max(len(k) for k, _ in summary_rows(s))
+    click.echo("\n".join(f"{k:<{width}}  {v}" for k, v in summary_rows(s)))
 
 
 # -- pack ----------------------------------------------------------------------------------

@@ -264,6 +264,7 @@ def _finish(
         "ensemble_success": r.ensemble_success,
         "val_success": r.val_success,
         "val_margin": None if r.val_margin is None else round(r.val_margin, 4),
+        "passes": r.passes,
         "lpips": round(lpips_value, 6),
         "seconds": round(seconds, 4),
         "bytes": len(r.jpeg),

@@ -27,6 +27,7 @@ from .data import Row, load_rgb, scan_input
 from .errors import DataError
 from .metrics import (
     FID_FULL_RANK,
+    LPIPS_NETS,
     FeatureStats,
     FidFeatures,
     LpipsMetric,
@@ -36,9 +37,11 @@ from .metrics import (
     success_rates,
 )
 from .models import OFFLINE_MODELS, create_ensemble
+from .naturalness import LIMITS, MEASURES, naturalness, worst_ratio
 from .submission import ResultSource
 
-__all__ = ["ScoreConfig", "ScoreResult", "ImageScore", "score", "default_eval_models"]
+__all__ = ["ScoreConfig", "ScoreResult", "ImageScore", "score", "default_eval_models",
+           "summary_rows"]
 
 logger = logging.getLogger("unrestrict")
 
@@ -46,11 +49,25 @@ logger = logging.getLogger("unrestrict")
 @dataclass(frozen=True)
 class ScoreConfig:
     eval_models: tuple[str, ...] | None = None  # None: offline models the run did not use
-    lpips_net: LpipsNet = "alex"
+    # LPIPS backbones to report; the first is the one the combined score uses.
+    lpips_nets: tuple[LpipsNet, ...] = ("alex",)
     batch_size: int = 16
     num_workers: int = 2
     formula: ScoreFormula = field(default_factory=ScoreFormula)
     partial: bool = False  # score only the results present instead of refusing
+
+    def __post_init__(self) -> None:
+        if not self.lpips_nets:
+            raise ValueError("at least one LPIPS net is needed")
+        bad = [n for n in self.lpips_nets if n not in LPIPS_NETS]
+        if bad or len(set(self.lpips_nets)) != len(self.lpips_nets):
+            raise ValueError(f"lpips nets must be distinct names from {', '.join(LPIPS_NETS)}; "
+                             f"got {', '.join(self.lpips_nets)}")
+
+    @property
+    def lpips_net(self) -> LpipsNet:
+        """The backbone of the combined score's LPIPS."""
+        return self.lpips_nets[0]
 
 
 @dataclass
@@ -59,11 +76,22 @@ class ImageScore:
     label: int
     clean_pred: list[int]
     adv_pred: list[int]
-    lpips: float
+    lpips: float  # with the score's backbone
+    lpips_by_net: dict[str, float] = field(default_factory=dict)
+    natural: dict[str, float] = field(default_factory=dict)  # keyed by naturalness.MEASURES
 
     @property
     def fooled(self) -> list[bool]:
         return [p != self.label for p in self.adv_pred]
+
+    @property
+    def worst_ratio(self) -> float:
+        """Largest naturalness measure over its limit: above 1, a person likely sees an edit."""
+        return worst_ratio(self.natural)
+
+    @property
+    def within_limits(self) -> bool:
+        return self.worst_ratio <= 1.0
 
 
 @dataclass
@@ -80,13 +108,18 @@ class ScoreResult:
         models = self.summary["eval_models"]
         with Path(path).open("w", newline="") as f:
             w = csv.writer(f)
+            nets = list(self.summary["lpips_nets"])
             w.writerow(["ImageId", "TrueLabel",
                         *(f"clean_pred[{m}]" for m in models),
                         *(f"adv_pred[{m}]" for m in models),
-                        "fooled_models", "success", "lpips"])
+                        "fooled_models", "success", "lpips",
+                        *(f"lpips_{n}" for n in nets), *MEASURES, "worst_ratio"])
             for im in self.images:
                 w.writerow([im.image_id, im.label, *im.clean_pred, *im.adv_pred,
-                            sum(im.fooled), int(all(im.fooled)), f"{im.lpips:.6f}"])
+                            sum(im.fooled), int(all(im.fooled)), f"{im.lpips:.6f}",
+                            *(f"{im.lpips_by_net[n]:.6f}" for n in nets),
+                            *(f"{im.natural[k]:.4f}" for k in MEASURES),
+                            f"{im.worst_ratio:.4f}"])
 
 
 def default_eval_models(results: ResultSource, run_dir: Path | None) -> tuple[list[str], str]:
@@ -175,7 +208,7 @@ def score(
 
     ensemble = create_ensemble(eval_models, device)
     fid_net = FidFeatures(device)
-    lpips = LpipsMetric(cfg.lpips_net, device)
+    lpips = {n: LpipsMetric(n, device) for n in cfg.lpips_nets}
     stats_orig, stats_adv = FeatureStats(), FeatureStats()
     images: list[ImageScore] = []
     problems: list[str] = []
@@ -198,10 +231,13 @@ def score(
                 adv = ensemble.logits_each(a).argmax(-1).cpu()
                 stats_orig.update(fid_net(x))
                 stats_adv.update(fid_net(a))
-                dist = lpips(a, x).cpu().tolist()
+                dist = {n: m(a, x).cpu().tolist() for n, m in lpips.items()}
+                natural = naturalness(x, a).rows()
                 for j, it in enumerate(items):
+                    by_net = {n: d[j] for n, d in dist.items()}
                     im = ImageScore(it["row"].image_id, it["row"].label,
-                                    clean[:, j].tolist(), adv[:, j].tolist(), dist[j])
+                                    clean[:, j].tolist(), adv[:, j].tolist(),
+                                    by_net[cfg.lpips_net], by_net, natural[j])
                     images.append(im)
                     fooled_so_far += all(im.fooled)
             bar.update(len(batch))
@@ -229,6 +265,9 @@ def _summarise(
     fid = frechet_distance(stats_orig, stats_adv)
     asr = rates.asr
     f = cfg.formula
+    natural = {k: float(np.mean([im.natural[k] for im in images])) for k in MEASURES}
+    within = np.array([im.within_limits for im in images])
+    fooled_all = np.array([all(im.fooled) for im in images])
     per_model = functools.partial(zip, eval_models, strict=True)
     return {
         "n_images": len(images),
@@ -245,6 +284,14 @@ def _summarise(
         "fid": fid,
         "fid_full_rank": len(images) >= FID_FULL_RANK,
         "lpips": float(lp.mean()),
+        "lpips_net": cfg.lpips_net,
+        "lpips_nets": list(cfg.lpips_nets),
+        **{f"lpips_{n}": float(np.mean([im.lpips_by_net[n] for im in images]))
+           for n in cfg.lpips_nets},
+        **natural,
+        "naturalness_limits": dict(LIMITS),
+        "within_limits": float(within.mean()),
+        "natural_success": float((within & fooled_all).mean()),
         "lpips_distribution": {
             "std": float(lp.std()), "min": float(lp.min()), "p05": float(np.percentile(lp, 5)),
             "p25": float(np.percentile(lp, 25)), "median": float(np.median(lp)),
@@ -256,7 +303,14 @@ def _summarise(
         "formula": {**asdict(f), "expression": "100*ASR*sqrt(1-min(FID,fid_cap)/fid_cap)*"
                     "sqrt(1-(clip(LPIPS,lpips_low,lpips_high)-lpips_low)/(lpips_high-lpips_low))"},
         "conventions": {
-            "lpips": f"lpips {cfg.lpips_net} v0.1, inputs in [-1,1], at the images' own size",
+            "lpips": f"lpips v0.1 ({', '.join(cfg.lpips_nets)}; the score uses "
+                     f"{cfg.lpips_net}), inputs in [-1,1], at the images' own size",
+            "naturalness": "per image: colour drift (delta E after the best global quadratic "
+                           "colour map, low-passed sigma 6 px; mean and p95 over pixels), "
+                           "flat-region noise (RMS 0-255 of the change minus its sigma-2 blur "
+                           "where the original's 7x7 luma std < 4/255), added fine detail "
+                           "(sqrt(E_change/(E_orig+1)) of the DoG 0.7/2 px luma band per "
+                           "16x16 block; mean and p95 over blocks); summary: means over images",
             "fid": "pytorch-fid InceptionV3 pool3 (TF inception-2015-12-05 weights), "
                    "bilinear resize to 299, float64 statistics",
             "classifiers": "whole image resized (antialiased) to each model's input size",
@@ -267,3 +321,31 @@ def _summarise(
         "versions": {"unrestrict": __version__, "torch": torch.__version__},
         "seconds": seconds,
     }
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary as (label, value) lines: what the terminal and the HTML report show."""
+    per_model = ", ".join(f"{m} {v:.3f}" for m, v in s["asr_per_model"].items())
+    lp = s["lpips_distribution"]
+    lim = s["naturalness_limits"]
+    rows = [
+        ("images", f"{s['n_images']}" + (f" ({s['n_missing']} missing)" if s["n_missing"] else "")),
+        ("eval models", ", ".join(s["eval_models"])),
+        ("clean accuracy", f"{s['clean_accuracy']:.3f}"),
+        ("ASR", f"{s['asr']:.3f}  ({per_model})"),
+        ("ASR on correct", f"{s['asr_on_clean_correct']:.3f}"),
+        ("FID", f"{s['fid']:.2f}" + ("" if s["fid_full_rank"] else
+                                     f"  (from {s['n_images']} images: biased upwards)")),
+        (f"LPIPS ({s['lpips_net']})",
+         f"{s['lpips']:.4f}  (median {lp['median']:.4f}, p95 {lp['p95']:.4f})"),
+        *((f"LPIPS ({n})", f"{s[f'lpips_{n}']:.4f}") for n in s["lpips_nets"][1:]),
+        ("colour drift", f"{s['color_drift']:.2f} dE, p95 {s['color_drift_p95']:.2f}  "
+                         f"(limits {lim['color_drift']:g}, {lim['color_drift_p95']:g})"),
+        ("flat-region noise", f"{s['flat_noise']:.2f}/255  (limit {lim['flat_noise']:g})"),
+        ("added fine detail", f"{s['detail_excess']:.3f}, p95 {s['detail_excess_p95']:.3f}  "
+                              f"(limits {lim['detail_excess']:g}, {lim['detail_excess_p95']:g})"),
+        ("within limits", f"{s['within_limits']:.3f} of images"),
+        ("fooled all, natural", f"{s['natural_success']:.3f} of images"),
+        ("score", f"{s['score']:.2f}"),
+    ]
+    return rows
