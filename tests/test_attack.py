@@ -10,9 +10,9 @@ from unrestrict.attack import (
     Attack,
     AttackConfig,
     ce_loss,
-    input_diversity,
     margin_loss,
 )
+from unrestrict.augment import input_diversity
 from unrestrict.models import Ensemble
 
 
@@ -186,13 +186,14 @@ def test_failure_policy_decides_what_unfooled_images_get(policy, mobilenet, samp
             assert r.strength < 1.0  # an earlier, smaller stage already fooled the model
 
 
-def test_passes_count_only_the_stages_an_image_ran(mobilenet, sample_images):
+@pytest.mark.parametrize("copies", [1, 2])
+def test_passes_count_only_the_stages_an_image_ran(copies, mobilenet, sample_images):
     x, y = sample_images[0][:2], sample_images[1][:2]
     cfg = AttackConfig(families=("pixel",), work_size=0, stages=4, steps=3, refine=0,
-                       di_prob=0.0, val_margin=0.0)
+                       di_prob=0.0, val_margin=0.0, copies=copies, augment=("di", "flip"))
     results = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
     for r in results:
         stage = round(r.strength * 4)
-        assert r.decision == "minimal" and r.passes == 3 * stage
+        assert r.decision == "minimal" and r.passes == 3 * stage * copies
     with pytest.raises(ValueError, match="on_failure"):
         AttackConfig(on_failure="drop")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .augment import AUGMENTATIONS, AugmentOptions, augment
 from .jpeg import decode_jpeg, encode_jpeg
 from .models import Ensemble
 from .perturb import DEFAULT_FAMILIES, Composite, compose
@@ -40,7 +41,6 @@ __all__ = [
     "LOSSES",
     "margin_loss",
     "ce_loss",
-    "input_diversity",
     "PIXEL_BASELINE",
     "FAILURE_POLICIES",
 ]
@@ -73,38 +73,6 @@ def ce_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
 LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss}
 
 
-def input_diversity(
-    x: Tensor, prob: float, min_scale: float, generator: torch.Generator
-) -> Tensor:
-    """DI: with probability ``prob``, shrink the batch to a random scale in [min_scale, 1) and
-    place it at a random whole-pixel offset on a zero background; otherwise pass it through.
-
-    One draw per batch, as in the DI paper's code: every image still sees, step after step,
-    the same independent sequence of transforms as with a draw per image (images do not
-    interact in the loss), but the batch is resized by one ``F.interpolate`` and padded,
-    or left alone. A per-image draw needed a ``grid_sample`` of the whole batch: forward and
-    backward at batch 4 and 224 px took ~7 ms on the CPU against ~3 ms for this.
-    Bilinear, not the paper's nearest-neighbour resize: nearest halves the backward pass on
-    the CPU, but on the sample set it fooled the held-out model on 12 of 24 images against 16.
-
-    Randomness comes from a CPU generator, always four draws per call, so runs are
-    reproducible on any device.
-    """
-    if prob <= 0:
-        return x
-    apply, scale, top, left = torch.rand(4, generator=generator).tolist()
-    if apply >= prob:
-        return x
-    h, w = x.shape[-2:]
-    scale = min_scale + (1 - min_scale) * scale
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (sh, sw) == (h, w):
-        return x
-    top, left = int(top * (h - sh + 1)), int(left * (w - sw + 1))
-    small = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
-    return F.pad(small, (left, w - sw - left, top, h - sh - top))
-
-
 @dataclass(frozen=True)
 class AttackConfig:
     """Everything that decides what the attack computes (not where or how fast)."""
@@ -120,6 +88,10 @@ class AttackConfig:
     momentum: float = 1.0
     loss: LossName = "margin"
     kappa: float = 50.0  # margin cap: past it, gradient goes to images that still need it
+    # Each step shows the models ``copies`` augmented versions of the current result and
+    # averages their losses; each copy applies ``augment`` (see unrestrict.augment) in order.
+    copies: int = 1
+    augment: tuple[str, ...] = ("di",)
     di_prob: float = 0.7
     di_min_scale: float = 0.9
     blur_sigma: float = 0.0  # TI: Gaussian blur (working pixels) inside the forward graph
@@ -141,6 +113,9 @@ class AttackConfig:
             (self.stages >= 1, "stages must be >= 1"),
             (self.steps >= 0, "steps must be >= 0"),
             (0 <= self.di_prob <= 1, "di_prob must be in [0, 1]"),
+            (self.copies >= 1, "copies must be >= 1"),
+            (all(a in AUGMENTATIONS for a in self.augment),
+             f"augment must name augmentations from {', '.join(AUGMENTATIONS)}"),
             (0 < self.di_min_scale <= 1, "di_min_scale must be in (0, 1]"),
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
@@ -160,6 +135,7 @@ class AttackConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["families"] = list(self.families)
+        d["augment"] = list(self.augment)
         d["family_options"] = {k: dict(v) for k, v in self.family_options.items()}
         return d
 
@@ -231,6 +207,7 @@ class Attack:
         self.lpips = lpips
         self.composite: Composite = compose(config.families, config.family_options)
         self.loss_fn = LOSSES[config.loss]
+        self.augment_options = AugmentOptions(config.di_prob, config.di_min_scale)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -254,17 +231,18 @@ class Attack:
         """
         cfg = self.config
         x_adv = self.composite.apply(x_work, params, prepared)
-        # DI transforms the models' input, as in the DI paper. For full-size work (the pixel
-        # family) resizing first puts DI's resampling on a fifth of the pixels: the pixel step
-        # went from ~1.12x to ~1.0x of the raw ensemble pass (benchmarks/RESULTS.md).
+        # Augmentations transform the models' input, as in the DI paper: at full size (the
+        # pixel and texture families) that puts their resampling on a fifth of the pixels.
         x_in = self.ensemble.to_input_size(x_adv)
-        x_in = input_diversity(x_in, cfg.di_prob, cfg.di_min_scale, generator)
+        x_in = torch.cat([augment(x_in, cfg.augment, generator, self.augment_options)
+                          for _ in range(cfg.copies)])
         if cfg.blur_sigma > 0:
             k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
             x_in = KF.gaussian_blur2d(x_in, k, (cfg.blur_sigma, cfg.blur_sigma))
         with self._autocast():
             logits = self.ensemble(x_in)
-        obj = self.loss_fn(logits.float(), y, cfg.kappa)
+        obj = self.loss_fn(logits.float(), y.repeat(cfg.copies), cfg.kappa)
+        obj = obj.view(cfg.copies, -1).mean(0)
         if cfg.reg_weight > 0:
             obj = obj - cfg.reg_weight * self.composite.penalty(params)
         if cfg.lpips_weight > 0:
@@ -376,7 +354,7 @@ class Attack:
             strength[active] = level
             for _ in range(cfg.steps):
                 self._step(x_work, params, velocity, y, active, strength, generator, prepared)
-            passes[active.cpu()] += cfg.steps
+            passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
             scales = [1.0] * len(cands)

@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .attack import FAILURE_POLICIES
+from .augment import AUGMENTATIONS
 from .errors import UnrestrictError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -194,6 +195,12 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--loss", type=click.Choice(["margin", "ce"]), default=None,
               help="CW margin or cross-entropy.")
 @click.option("--kappa", type=float, default=None, help="Cap on the margin loss.")
+@click.option("--copies", type=click.IntRange(1), default=None,
+              help="Augmented copies per step, losses averaged (each is one more forward+backward "
+                   "pass of the attack models).")
+@click.option("--augment", callback=_csv_list, default=None, metavar="LIST",
+              help="Augmentations each copy applies in order, from "
+                   + ", ".join(AUGMENTATIONS) + " (see README) [default: di].")
 @click.option("--di-prob", type=click.FloatRange(0, 1), default=None,
               help="Input diversity: probability of a random resize-and-pad at each step "
                    "(one draw for the whole batch).")
@@ -265,7 +272,7 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
         k: opts[k]
         for k in ("stages", "steps", "step_size", "momentum", "loss", "kappa", "di_prob",
                   "blur_sigma", "reg_weight", "lpips_weight", "work_size", "val_margin",
-                  "refine", "jpeg_quality", "on_failure")
+                  "refine", "jpeg_quality", "on_failure", "copies", "augment")
         if opts[k] is not None
     }
     if opts["family"] is not None:
