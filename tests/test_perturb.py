@@ -33,21 +33,27 @@ def _rand_params(comp, x, level, seed=0):
 
 def test_every_family_is_registered_in_order():
     assert set(FAMILIES) == set(FAMILY_ORDER)
-    assert set(NATURAL_FAMILIES) == {"color", "style", "geometry"}
+    assert set(NATURAL_FAMILIES) == {"color", "style", "geometry", "texture"}
     assert set(DEFAULT_FAMILIES) <= set(NATURAL_FAMILIES)
     comp = compose(["pixel", "color", "geometry", "style"])
     assert comp.names == ["geometry", "style", "color", "pixel"]
 
 
-@pytest.mark.parametrize("names", [["style"], ["color", "style"], ["geometry", "style"], ["pixel"]])
-def test_prepared_apply_matches_plain_apply(names):
-    # The loop prepares the first family's constants once per batch; the result must be the
-    # one apply computes by itself, values and gradients alike.
+@pytest.mark.parametrize("names, once", [
+    (["style"], {"style"}), (["color", "style"], {"style"}), (["geometry", "style"], {"geometry"}),
+    (["pixel"], set()), (["texture"], {"texture"}), (["texture", "style", "color"],
+                                                     {"texture", "style"}),
+    (["texture", "geometry", "style"], {"texture"}),
+])
+def test_prepared_apply_matches_plain_apply(names, once):
+    # The loop prepares constants once per batch: the first family's, and those of later
+    # families that describe the original image, unless a warp comes before them. The result
+    # must be the one apply computes by itself, values and gradients alike.
     x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     comp = compose(names)
     params = _rand_params(comp, x, 1.0)
     prepared = comp.prepare(x)
-    assert bool(prepared) == (comp.names[0] in {"style", "geometry"})
+    assert {k.partition(".")[0] for k in prepared} == once
     outs, grads = [], []
     for p in (None, prepared):
         leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
@@ -366,7 +372,7 @@ def test_pixel_family_is_linf_bounded():
 
 
 def test_create_family_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="choose from geometry, style, color, pixel"):
+    with pytest.raises(ValueError, match="choose from texture, geometry, style, color, pixel"):
         create_family("blur")
     with pytest.raises(ValueError, match="valid:.*rotation"):
         create_family("geometry", {"rotate": 3})
@@ -453,3 +459,52 @@ def test_colour_curves_are_one_shared_curve_plus_a_channel_deviation():
     specs = create_family("color").param_specs(500, 500)
     assert specs["curves"].shape == (1, 8) and specs["channel_curves"].shape == (3, 8)
     assert specs["channel_curves"].bound < specs["curves"].bound
+
+
+def _photo(size: int = 96) -> torch.Tensor:
+    """Left half: fine random texture; right half: flat grey with one strong vertical edge."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((1, 3, size, size), 0.5)
+    x[..., : size // 2] += (torch.rand(1, 1, size, size // 2, generator=g) - 0.5) * 0.3
+    x[..., 3 * size // 4 :] = 0.2  # a dark region: an isolated straight edge at 3/4
+    return x.clamp(0, 1)
+
+
+def test_texture_visibility_is_high_in_texture_and_low_on_flats_blur_and_edges():
+    from unrestrict.perturb.texture import visibility
+
+    x = _photo()
+    vis = visibility(x)  # (1, 2, H, W): fine, mid
+    fine = vis[0, 0]
+    texture = fine[20:76, 8:40].mean()
+    flat = fine[20:76, 56:66].mean()  # flat grey, away from both boundaries
+    edge = fine[20:76, 70:74].mean()  # straddles the isolated edge at column 72
+    assert texture > 0.02
+    assert flat < 0.05 * texture
+    assert edge < 0.5 * texture
+    # A blurred copy has local contrast but no fine detail: the fine band's map collapses.
+    blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+    assert visibility(blurred)[0, 0, 20:76, 8:40].mean() < 0.35 * texture
+
+
+@pytest.mark.parametrize("channels", ["luma", "rgb"])
+def test_texture_change_is_bounded_by_ratio_times_visibility(channels):
+    from unrestrict.perturb.texture import visibility
+
+    x = _photo() * 0.6 + 0.2  # away from 0 and 1: no clamping
+    comp = compose(["texture"], {"texture": {"channels": channels}})
+    level = torch.tensor([0.5])
+    params = _rand_params(comp, x, 0.5)
+    y = comp.apply(x, params)
+    vis = visibility(x)
+    cfg = comp.families[0].config
+    bound = 0.5 * (cfg.fine * vis[:, :1] + cfg.mid * vis[:, 1:])
+    delta = y - x
+    assert (delta.abs() <= bound + 1e-6).all()
+    assert delta.abs().amax() > 0.2 * bound.amax()  # it uses its budget
+    if channels == "luma":  # the same change in R, G and B: luminance only, hue kept
+        torch.testing.assert_close(delta[:, 0], delta[:, 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(delta[:, 0], delta[:, 2], atol=1e-6, rtol=0)
+    else:
+        assert (delta[:, 0] - delta[:, 1]).abs().amax() > 1e-3
+    assert comp.limits(params, level)["texture.fine"].item() == pytest.approx(cfg.fine * 0.5)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..utils import check_images
-from . import color, geometry, pixel, style  # noqa: F401  (registers the families)
+from . import color, geometry, pixel, style, texture  # noqa: F401  (registers the families)
 from .base import FAMILIES, FAMILY_ORDER, Family, ParamSpec, create_family, register_family
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "register_family",
 ]
 
-NATURAL_FAMILIES: tuple[str, ...] = ("geometry", "color", "style")
+NATURAL_FAMILIES: tuple[str, ...] = ("texture", "geometry", "color", "style")
 # The default attack: geometry is natural too, but it is weak against the models and
 # LPIPS charges it heavily (half a pixel of shift costs ~0.05), so it is opt-in
 # (`--family color,style,geometry`); see benchmarks/RESULTS.md.
@@ -85,17 +85,32 @@ class Composite:
             out[fam][name] = value
         return out
 
+    def _prepared_from_original(self) -> list[bool]:
+        """Per family: are its constants computed once, from the composite's input?
+
+        The first family's always are (its input is that image). A later one's are when they
+        describe the original (``prepare_on_original``) and nothing before it moves pixels.
+        """
+        out, moved = [], False
+        for i, f in enumerate(self.families):
+            out.append(i == 0 or (f.prepare_on_original and not moved))
+            moved = moved or f.moves_pixels
+        return out
+
     @torch.no_grad()
     def prepare(self, x: Tensor) -> Params:
-        """The first family's input-only constants for the batch ``x``, keyed ``"family.name"``.
+        """Input-only constants for the batch ``x``, keyed ``"family.name"``: the first
+        family's, and those of later families that describe the original image.
 
-        Only the first family's: its input is ``x`` itself at every step, while every later
-        family's input changes with the parameters before it. Index the result like the
-        parameters when working on a subset of the batch.
+        Index the result like the parameters when working on a subset of the batch.
         """
         check_images(x)
-        first = self.families[0]
-        return {f"{first.name}.{k}": v for k, v in first.prepare(x).items()}
+        return {
+            f"{f.name}.{k}": v
+            for f, once in zip(self.families, self._prepared_from_original(), strict=True)
+            if once
+            for k, v in f.prepare(x).items()
+        }
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor], prepared: Mapping[str, Tensor] | None = None
@@ -106,12 +121,13 @@ class Composite:
         is the same either way.
         """
         check_images(x)
+        if prepared is None:
+            prepared = self.prepare(x)
         split = self._split(params)
-        for i, f in enumerate(self.families):
-            mine = None
-            if i == 0 and prepared is not None:
-                mine = {k.partition(".")[2]: v for k, v in prepared.items()}
-            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()}, mine)
+        mine = self._split(prepared)
+        for f, once in zip(self.families, self._prepared_from_original(), strict=True):
+            x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()},
+                        mine[f.name] if once else None)
         return x
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:

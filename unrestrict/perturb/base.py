@@ -10,7 +10,10 @@ parameters share one convention so that the attack loop can treat them alike:
   them, so they can be saved per image and replayed;
 * what a family computes from its input alone (no parameter involved) may be computed once
   by :meth:`Family.prepare` and handed back to :meth:`Family.apply`: the loop runs a hundred
-  steps on the same batch, and the first family's input is the same image in every one.
+  steps on the same batch, and the first family's input is the same image in every one. A
+  family whose constants describe the *original* image (a visibility map, a detail layer)
+  sets ``prepare_on_original`` and gets them from the original wherever it stands, unless a
+  family that moves pixels comes before it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "create_family",
     "cached_constant",
     "cubic_weights",
+    "interpolation_weights",
     "clamp_unit",
     "upsample_field",
     "upsample_field_adjoint",
@@ -58,6 +62,11 @@ class Family(ABC):
     # render the result at full size; a per-pixel family forces full-size optimisation.
     resolution_free: ClassVar[bool]
     Config: ClassVar[type]
+    # Its prepared constants describe the original image, not its exact input: they are
+    # computed once from the original even when other families come first.
+    prepare_on_original: ClassVar[bool] = False
+    # It moves pixels (a warp): constants of the original no longer line up after it.
+    moves_pixels: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -119,7 +128,9 @@ FAMILIES: dict[str, type[Family]] = {}
 # after colour, its resampling needs the gradient for its input image too, and bicubic
 # grid_sample's backward to the image cost ~5x its backward to the grid alone (CPU profile,
 # colour+style+geometry at batch 4: 26 against 5 ms per step), more than the filter saves.
-FAMILY_ORDER: tuple[str, ...] = ("geometry", "style", "color", "pixel")
+# Texture comes first: its visibility map is the original's, and a warp after it carries the
+# change along with the content it hides in.
+FAMILY_ORDER: tuple[str, ...] = ("texture", "geometry", "style", "color", "pixel")
 
 F_ = TypeVar("F_", bound=type[Family])
 
@@ -217,29 +228,37 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 @cached_constant
-def cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(size, steps) matrix that upsamples a 1-D signal exactly as torch's bicubic does.
+def interpolation_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype,
+                          mode: str = "bicubic") -> Tensor:
+    """(size, steps) matrix that upsamples a 1-D signal exactly as torch's ``mode`` does.
 
     Read off torch's own kernel by upsampling the identity basis, so the values are the same
-    as ``F.interpolate(..., mode="bicubic", align_corners=True)``.
+    as ``F.interpolate(..., mode=mode, align_corners=True)``.
     """
     eye = torch.eye(steps, device=device, dtype=dtype).view(steps, 1, steps, 1)
-    up = torch.nn.functional.interpolate(eye, size=(size, 1), mode="bicubic", align_corners=True)
+    up = torch.nn.functional.interpolate(eye, size=(size, 1), mode=mode, align_corners=True)
     return up.view(steps, size).t().contiguous()
 
 
-def upsample_field(grid: Tensor, height: int, width: int) -> Tensor:
-    """A smooth dense field from a coarse per-image grid: (B, C, g, h) -> (B, C, H, W).
+def cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(size, steps) matrix of torch's bicubic upsampling; see :func:`interpolation_weights`."""
+    return interpolation_weights(steps, size, device, dtype, "bicubic")
 
-    Bicubic through the grid points (``align_corners``), so the field is C1-smooth and a
-    constant grid stays exactly constant. Bicubic is separable, so it is applied as two small
-    matrix products: on the CPU the backward of ``F.interpolate(mode="bicubic")`` costs more
-    than the rest of a colour step, the matrix form a few percent of it.
+
+def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic") -> Tensor:
+    """A dense field from a coarse per-image grid: (B, C, g, h) -> (B, C, H, W).
+
+    Through the grid points (``align_corners``), so a constant grid stays exactly constant.
+    Bicubic (the default) is C1-smooth but overshoots between points of opposite sign;
+    ``"bilinear"`` never leaves the range of the grid's values, so a bound on the grid is a
+    bound on the field. Both are separable and applied as two small matrix products: on the
+    CPU the backward of ``F.interpolate(mode="bicubic")`` costs more than the rest of a
+    colour step, the matrix form a few percent of it.
     """
     if grid.shape[-2:] == (height, width):
         return grid
-    rows = cubic_weights(grid.shape[-2], height, grid.device, grid.dtype)
-    cols = cubic_weights(grid.shape[-1], width, grid.device, grid.dtype)
+    rows = interpolation_weights(grid.shape[-2], height, grid.device, grid.dtype, mode)
+    cols = interpolation_weights(grid.shape[-1], width, grid.device, grid.dtype, mode)
     # Columns first: the same products in the other order, but the full-size result then
     # comes from one batched product with the row matrix instead of one tall product with
     # a K of 4, which was half as fast on the CPU (12 channels from a 4x4 grid, batch 16,

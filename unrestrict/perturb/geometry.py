@@ -167,6 +167,7 @@ class GeometryConfig:
 class GeometryFamily(Family):
     name = "geometry"
     resolution_free = True
+    moves_pixels = True
     Config = GeometryConfig
     config: GeometryConfig
 
@@ -186,8 +187,8 @@ class GeometryFamily(Family):
                      s["translate"].bound, s["flow"].bound, self.config.flow_grid)
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
-        # The reflection-padded input: a constant of the batch when geometry comes first,
-        # as it always does.
+        # The reflection-padded input: a constant of the batch when geometry comes first
+        # (after texture, it is padded again at every step).
         padded = reflect_pad(x, self.margin(*x.shape[-2:]))
         return {} if padded is None else {"padded": padded}
 

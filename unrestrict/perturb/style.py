@@ -219,6 +219,7 @@ class StyleConfig:
 class StyleFamily(Family):
     name = "style"
     resolution_free = True
+    prepare_on_original = True
     Config = StyleConfig
     config: StyleConfig
 

@@ -1,0 +1,151 @@
+"""Texture: a luminance change hidden among the original's own detail of the same scale.
+
+Contrast masking is frequency specific: a change hides among details of its own scale and
+shows anywhere else (grain on a sky, or on a blurred background that has contrast but no fine
+detail). So the change is built per band. Each band has a coarse parameter grid (stride 2 for
+the fine band, 4 for the mid band: scales the classifiers still see after resizing to their
+input), upsampled bilinearly and multiplied by that band's *visibility map* of the original,
+computed once per image by :func:`visibility`. Bilinear never leaves the range of the grid's
+values (bicubic overshoots by up to ~1.9x on a sign-step checkerboard), so the bound below is
+exact. The map is
+
+* the local RMS of the original's own band (a difference of Gaussians of its luminance);
+* taken at two pooling scales, keeping the smaller: texture fills both windows, an isolated
+  edge only the small one, so the map stays low along strong edges next to flat regions,
+  where a change shows as a fringe;
+* times ``(1 - coherence) ** edge_power`` of the structure tensor: a single orientation
+  (an edge, a stripe) masks less than texture does.
+
+Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
+k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
+regions, a fraction of the original's own contrast in textured ones. The change is added to
+R, G and B alike (luminance only, hue kept) unless ``channels="rgb"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import kornia.color as KC
+import kornia.filters as KF
+import torch
+from torch import Tensor
+
+from .base import Family, ParamSpec, clamp_unit, register_family, upsample_field
+
+__all__ = ["TextureFamily", "TextureConfig", "visibility", "BANDS"]
+
+# (name, DoG sigmas of the band in pixels, parameter stride)
+BANDS: tuple[tuple[str, tuple[float, float], int], ...] = (
+    ("fine", (0.7, 2.0), 2),
+    ("mid", (2.0, 4.0), 4),
+)
+
+
+def _blur(x: Tensor, sigma: float) -> Tensor:
+    k = 2 * math.ceil(3 * sigma) + 1
+    if min(x.shape[-2:]) <= k // 2:
+        return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="replicate")
+    return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
+
+
+def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
+    """Structure-tensor coherence ((l1 - l2) / (l1 + l2))^2 in [0, 1]: 1 on a straight edge,
+    near 0 in isotropic texture and in flat regions. (B, 1, H, W)."""
+    g = KF.spatial_gradient(_blur(luma, sigma), mode="diff", order=1)  # (B, 1, 2, H, W)
+    gx, gy = g[:, :, 0], g[:, :, 1]
+    jxx, jyy, jxy = (_blur(t, rho) for t in (gx * gx, gy * gy, gx * gy))
+    trace = jxx + jyy
+    diff = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy)
+    return (diff / trace.clamp_min(1e-10)).clamp(0, 1) ** 2
+
+
+@torch.no_grad()
+def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0) -> Tensor:
+    """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
+
+    Args:
+        x: (B, 3, H, W) in [0, 1].
+        edge_power: how strongly an edge's coherence shrinks the map (0: not at all).
+        density_scale: the larger pooling window, as a multiple of the smaller one.
+
+    Returns:
+        (B, len(BANDS), H, W).
+    """
+    luma = KC.rgb_to_grayscale(x.float())
+    maps = []
+    for _, (s0, s1), _ in BANDS:
+        band = _blur(luma, s0) - _blur(luma, s1)
+        energy = band * band
+        local = _blur(energy, 2 * s1).sqrt()
+        wide = _blur(energy, 2 * s1 * density_scale).sqrt()
+        amp = torch.minimum(local, wide)
+        if edge_power > 0:
+            amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
+        maps.append(amp)
+    return torch.cat(maps, 1).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class TextureConfig:
+    """Bounds at full strength, as ratios of the original's own local band amplitude."""
+
+    fine: float = 0.8  # 0 switches the band off
+    mid: float = 0.8
+    channels: Literal["luma", "rgb"] = "luma"
+    edge_power: float = 1.0
+    density_scale: float = 3.0
+
+
+@register_family
+class TextureFamily(Family):
+    name = "texture"
+    resolution_free = False
+    prepare_on_original = True
+    Config = TextureConfig
+    config: TextureConfig
+
+    def __init__(self, config: TextureConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.channels not in ("luma", "rgb"):
+            raise ValueError(f"texture channels must be 'luma' or 'rgb', got "
+                             f"{self.config.channels!r}")
+
+    def _bands(self) -> list[tuple[int, str, int, float]]:
+        """(index into the visibility maps, name, stride, ratio) of each band switched on."""
+        return [(i, name, stride, getattr(self.config, name))
+                for i, (name, _, stride) in enumerate(BANDS) if getattr(self.config, name) > 0]
+
+    def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
+        c = 1 if self.config.channels == "luma" else 3
+        return {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1), ratio)
+                for _, name, stride, ratio in self._bands()}
+
+    def prepare(self, x: Tensor) -> dict[str, Tensor]:
+        return {"visibility": visibility(x, self.config.edge_power, self.config.density_scale)}
+
+    def apply(
+        self, x: Tensor, params: Mapping[str, Tensor],
+        prepared: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        if prepared is None:
+            prepared = self.prepare(x)
+        vis = prepared["visibility"]
+        h, w = x.shape[-2:]
+        delta = None
+        for i, name, _, _ in self._bands():
+            # The grid's corners sit on the image's corners (align_corners upsampling).
+            term = upsample_field(params[name], h, w, "bilinear") * vis[:, i : i + 1]
+            delta = term if delta is None else delta + term
+        return x if delta is None else clamp_unit(x + delta)
+
+    def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
+        return super().penalty(params)
+
+    def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
+        # Bounds do not depend on the size; shapes are read off the parameters themselves.
+        return {k: ParamSpec(tuple(p.shape[1:]), getattr(self.config, k))
+                for k, p in params.items()}
