@@ -60,7 +60,8 @@ def test_end_to_end_outputs_log_and_rerun(sample_copy, tmp_path):
         for key in ("label", "families", "strength", "ensemble_success", "val_success",
                     "lpips", "seconds", "decision"):
             assert key in r, key
-        assert 0 <= r["lpips"] < 1 and r["families"] == ["color", "style"]
+        assert 0 <= r["lpips"] < 1 and r["families"] == ["texture", "color"]
+        assert r["passes"] <= 2 * 2 and r["decision"] in ("minimal", "strongest")
     cfg = json.loads((out / ".unrestrict" / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["config"]["models"] == ["mobilenet_v2"]
     assert len(list((out / ".unrestrict" / "params").glob("*.pt"))) == 3

@@ -42,6 +42,7 @@ __all__ = [
     "margin_loss",
     "ce_loss",
     "PIXEL_BASELINE",
+    "PRESETS",
     "FAILURE_POLICIES",
 ]
 
@@ -80,11 +81,8 @@ class AttackConfig:
     families: tuple[str, ...] = DEFAULT_FAMILIES
     family_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stages: int = 4  # budget levels 1/stages, 2/stages, ..., 1
-    steps: int = 25  # optimisation steps per stage
+    steps: int = 20  # optimisation steps per stage
     step_size: float | None = None  # fraction of a parameter's current bound; None: 2.5/steps
-    # 0.5 was tried (at 2caef1e): lower LPIPS (sample 0.147 vs 0.162, derived-160 0.153 vs
-    # 0.165) but held-out success moved 17 -> 13 of 24 and 85 -> 87 of 160 images; LPIPS
-    # under 0.2 earns nothing in the score, so 1.0 stays.
     momentum: float = 1.0
     loss: LossName = "margin"
     kappa: float = 50.0  # margin cap: past it, gradient goes to images that still need it
@@ -98,13 +96,10 @@ class AttackConfig:
     reg_weight: float = 0.0  # weight of the families' smoothness/size penalties
     lpips_weight: float = 0.0  # LPIPS-to-original penalty (needs an LPIPS model)
     work_size: int | None = None  # None: largest attack-model input; 0: full resolution
-    # A validation model counts as fooled past this logit margin. Stopping at the bare
-    # decision boundary (0) transfers poorly to other models: on the sample set, margin 2
-    # raised held-out success from 0.46 to 0.63 for +0.07 LPIPS.
-    val_margin: float = 2.0
+    # A validation model counts as fooled past this logit margin: stopping at the bare
+    # decision boundary transfers poorly to models of other architectures.
+    val_margin: float = 5.0
     refine: int = 2  # bisection steps that shrink a successful image's parameters
-    # 95 gave the lowest LPIPS of 95/85/75 in every sample-set run; held-out ASR moved by at
-    # most two of 24 images between them, in both directions (benchmarks/RESULTS.md).
     jpeg_quality: int = 95
     on_failure: FailurePolicy = "strongest"
 
@@ -146,6 +141,17 @@ PIXEL_BASELINE = AttackConfig(
     families=("pixel",), stages=1, steps=80, momentum=1.0, loss="margin",
     di_prob=0.7, work_size=0, refine=0,
 )
+
+# Named starting points for `generate --preset`; every other option overrides them.
+PRESETS: dict[str, AttackConfig] = {
+    "natural": AttackConfig(),
+    "baseline": PIXEL_BASELINE,
+}
+PRESET_HELP: dict[str, str] = {
+    "natural": "texture hidden in the original's own detail plus a mild global colour grade, "
+               "staged per-image budget checked on the validation models",
+    "baseline": "the contest teams' L-inf DI-MI-FGSM: 16/255, 80 steps, CW margin, DI p=0.7",
+}
 
 
 @dataclass

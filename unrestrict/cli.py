@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .attack import FAILURE_POLICIES
+from .attack import FAILURE_POLICIES, PRESET_HELP, PRESETS
 from .augment import AUGMENTATIONS
 from .errors import UnrestrictError, ValidationError
+from .perturb import FAMILY_ORDER
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -171,15 +172,13 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @cli.command("generate")
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--preset", type=click.Choice(["natural", "baseline"]), default="natural",
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="natural",
               show_default=True,
-              help="natural: colour + style with staged per-image budgets checked on the "
-                   "validation models. baseline: the contest teams' L-inf DI-MI-FGSM (16/255, "
-                   "80 steps, CW margin, DI p=0.7).")
+              help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + ".")
 @click.option("--family", callback=_csv_list, default=None, metavar="LIST",
-              help="Comma-separated families from geometry, style, color, pixel (applied in "
-                   "that order) [default: the preset's: color,style or pixel]. Geometry is "
-                   "opt-in: LPIPS charges every shifted pixel.")
+              help="Comma-separated families from " + ", ".join(FAMILY_ORDER) + " (applied in "
+                   "that order; see README) [default: the preset's: "
+                   + " or ".join(",".join(p.families) for p in PRESETS.values()) + "].")
 @click.option("--models", callback=_csv_list, default=None, metavar="LIST",
               help="Attack ensemble (logits averaged) [default: efficientnet_lite0,mobilenet_v2].")
 @click.option("--val-models", callback=_csv_list, default=None, metavar="LIST",
@@ -260,11 +259,10 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
           --val-models efficientnet_lite1 --amp bf16 -b 32
       torchrun --nproc-per-node 8 -m unrestrict generate dev/ out/   # 8 GPUs, 8 shards
     """
-    from .attack import PIXEL_BASELINE, AttackConfig
     from .generate import GenerateConfig, generate, shard_from_env
 
     _setup_logging(opts["quiet"])
-    base = PIXEL_BASELINE if preset == "baseline" else AttackConfig()
+    base = PRESETS[preset]
     family_options = _parse_set(opts["set_"])
     if opts["eps"] is not None:
         family_options.setdefault("pixel", {})["eps"] = str(opts["eps"] / 255)

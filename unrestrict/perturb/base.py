@@ -227,14 +227,32 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return functools.wraps(fn)(build)
 
 
+def _bspline_weights(steps: int, size: int) -> Tensor:
+    """(size, steps) cubic B-spline weights, grid points on the first and last samples (as
+    ``align_corners``), borders clamped. Non-negative and summing to one in every row."""
+    t = torch.arange(size, dtype=torch.float64) * ((steps - 1) / max(size - 1, 1))
+    i = t.floor().clamp(max=steps - 1)
+    f = t - i
+    taps = torch.stack([(1 - f) ** 3, 3 * f**3 - 6 * f**2 + 4, -3 * f**3 + 3 * f**2 + 3 * f + 1,
+                        f**3], 1) / 6
+    w = torch.zeros(size, steps, dtype=torch.float64)
+    for k in range(4):
+        w.scatter_add_(1, (i.long() + k - 1).clamp(0, steps - 1)[:, None], taps[:, k : k + 1])
+    return w
+
+
 @cached_constant
 def interpolation_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype,
                           mode: str = "bicubic") -> Tensor:
-    """(size, steps) matrix that upsamples a 1-D signal exactly as torch's ``mode`` does.
+    """(size, steps) matrix that upsamples a 1-D signal exactly as torch's ``mode`` does, or
+    by a cubic B-spline (``mode="bspline"``: smooth like bicubic, but never outside the range
+    of its grid values, since its weights are non-negative).
 
-    Read off torch's own kernel by upsampling the identity basis, so the values are the same
-    as ``F.interpolate(..., mode=mode, align_corners=True)``.
+    torch's modes are read off its own kernel by upsampling the identity basis, so the values
+    are the same as ``F.interpolate(..., mode=mode, align_corners=True)``.
     """
+    if mode == "bspline":
+        return _bspline_weights(steps, size).to(device, dtype)
     eye = torch.eye(steps, device=device, dtype=dtype).view(steps, 1, steps, 1)
     up = torch.nn.functional.interpolate(eye, size=(size, 1), mode=mode, align_corners=True)
     return up.view(steps, size).t().contiguous()
@@ -250,10 +268,11 @@ def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic")
 
     Through the grid points (``align_corners``), so a constant grid stays exactly constant.
     Bicubic (the default) is C1-smooth but overshoots between points of opposite sign;
-    ``"bilinear"`` never leaves the range of the grid's values, so a bound on the grid is a
-    bound on the field. Both are separable and applied as two small matrix products: on the
-    CPU the backward of ``F.interpolate(mode="bicubic")`` costs more than the rest of a
-    colour step, the matrix form a few percent of it.
+    ``"bilinear"`` and ``"bspline"`` never leave the range of the grid's values, so a bound on
+    the grid is a bound on the field (the B-spline is C2-smooth: no kinks at the grid points,
+    so no fine detail of its own). All are separable and applied as two small matrix
+    products: on the CPU the backward of ``F.interpolate(mode="bicubic")`` costs more than the
+    rest of a colour step, the matrix form a few percent of it.
     """
     if grid.shape[-2:] == (height, width):
         return grid

@@ -237,19 +237,19 @@ def adjust_color(
 
 @dataclass(frozen=True)
 class ColorConfig:
-    """Bounds at full strength. Multiplicative factors are bounded in log space."""
+    """Bounds at full strength: a mild global grade. Multiplicative factors are bounded in log
+    space."""
 
-    brightness: float = 0.06
-    contrast: float = 0.15  # log factor: x0.86 .. x1.16
-    saturation: float = 0.25  # log chroma factor: x0.78 .. x1.28
-    hue: float = 0.06  # chroma rotation in radians, about 3.4 degrees
-    gamma: float = 0.15  # log exponent: 0.86 .. 1.16
+    brightness: float = 0.03
+    contrast: float = 0.08  # log factor: x0.92 .. x1.08
+    saturation: float = 0.12  # log chroma factor: x0.89 .. x1.13
+    hue: float = 0.03  # chroma rotation in radians, about 1.7 degrees
+    gamma: float = 0.08  # log exponent: 0.92 .. 1.08
     curve_segments: int = 8
-    curve: float = 0.35  # slope deviation per segment of the curve shared by R, G and B
-    # Per-channel deviation on top. Independent channel curves at the shared bound turned
-    # whole backgrounds green or pink at full budget (sign steps pin every segment of every
-    # channel at the bound, in opposite directions): a cast human judges would reject.
-    channel_curve: float = 0.1
+    curve: float = 0.15  # slope deviation per segment of the curve shared by R, G and B
+    # Per-channel deviation on top (0: off). Sign steps pin every segment of every channel at
+    # the bound, in opposite directions: whole backgrounds turn green or pink.
+    channel_curve: float = 0.0
 
 
 @register_family
@@ -268,8 +268,8 @@ class ColorFamily(Family):
             "hue": ParamSpec((), c.hue),
             "gamma": ParamSpec((), c.gamma),
             "curves": ParamSpec((1, c.curve_segments), c.curve),
-            "channel_curves": ParamSpec((3, c.curve_segments), c.channel_curve),
-        }
+        } | ({"channel_curves": ParamSpec((3, c.curve_segments), c.channel_curve)}
+             if c.channel_curve > 0 else {})
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],

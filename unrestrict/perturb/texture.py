@@ -14,7 +14,10 @@ exact. The map is
   edge only the small one, so the map stays low along strong edges next to flat regions,
   where a change shows as a fringe;
 * times ``(1 - coherence) ** edge_power`` of the structure tensor: a single orientation
-  (an edge, a stripe) masks less than texture does.
+  (an edge, a stripe) masks less than texture does;
+* times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below 3/255,
+  1 above 8/255): pooling spreads a textured area's map a few pixels into the flat ones next
+  to it, where a change shows as grain.
 
 Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
 k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
@@ -32,6 +35,7 @@ from typing import Literal
 import kornia.color as KC
 import kornia.filters as KF
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Family, ParamSpec, clamp_unit, register_family, upsample_field
@@ -42,6 +46,7 @@ __all__ = ["TextureFamily", "TextureConfig", "visibility", "BANDS"]
 BANDS: tuple[tuple[str, tuple[float, float], int], ...] = (
     ("fine", (0.7, 2.0), 2),
     ("mid", (2.0, 4.0), 4),
+    ("coarse", (4.0, 8.0), 8),
 )
 
 
@@ -50,6 +55,20 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
     if min(x.shape[-2:]) <= k // 2:
         return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="replicate")
     return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
+
+
+UPSAMPLE = "bspline"
+FLAT_RAMP = (3 / 255, 8 / 255)  # local std (7x7) where masking starts and where it is full
+
+
+def _activity(luma: Tensor) -> Tensor:
+    """0 where the 7x7 luminance std is below FLAT_RAMP[0], 1 above FLAT_RAMP[1], linear
+    between. (B, 1, H, W)."""
+    padded = F.pad(luma, (3, 3, 3, 3), mode="replicate")
+    mean = F.avg_pool2d(padded, 7, stride=1)
+    std = (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
+    lo, hi = FLAT_RAMP
+    return ((std - lo) / (hi - lo)).clamp(0, 1)
 
 
 def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
@@ -64,7 +83,8 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 
 
 @torch.no_grad()
-def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0) -> Tensor:
+def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
+               bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -72,12 +92,15 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0) -
         edge_power: how strongly an edge's coherence shrinks the map (0: not at all).
         density_scale: the larger pooling window, as a multiple of the smaller one.
 
+        bands: the bands to map, as in :data:`BANDS`.
+
     Returns:
-        (B, len(BANDS), H, W).
+        (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
+    active = _activity(luma)
     maps = []
-    for _, (s0, s1), _ in BANDS:
+    for _, (s0, s1), _ in bands:
         band = _blur(luma, s0) - _blur(luma, s1)
         energy = band * band
         local = _blur(energy, 2 * s1).sqrt()
@@ -85,7 +108,7 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0) -
         amp = torch.minimum(local, wide)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
-        maps.append(amp)
+        maps.append(amp * active)
     return torch.cat(maps, 1).to(x.dtype)
 
 
@@ -93,11 +116,16 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0) -
 class TextureConfig:
     """Bounds at full strength, as ratios of the original's own local band amplitude."""
 
-    fine: float = 0.8  # 0 switches the band off
-    mid: float = 0.8
+    fine: float = 3.2  # 0 switches the band off
+    mid: float = 6.4
+    coarse: float = 6.4
     channels: Literal["luma", "rgb"] = "luma"
     edge_power: float = 1.0
     density_scale: float = 3.0
+    # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
+    # periods up to a few cells and no slow drift of brightness. The grid is bounded by
+    # ratio / 2 then, and the band's field stays within +-ratio.
+    highpass: float = 1.0
 
 
 @register_family
@@ -116,16 +144,22 @@ class TextureFamily(Family):
 
     def _bands(self) -> list[tuple[int, str, int, float]]:
         """(index into the visibility maps, name, stride, ratio) of each band switched on."""
+        on = [b for b in BANDS if getattr(self.config, b[0]) > 0]
         return [(i, name, stride, getattr(self.config, name))
-                for i, (name, _, stride) in enumerate(BANDS) if getattr(self.config, name) > 0]
+                for i, (name, _, stride) in enumerate(on)]
+
+    def _grid_bound(self, ratio: float) -> float:
+        return ratio / 2 if self.config.highpass > 0 else ratio
 
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         c = 1 if self.config.channels == "luma" else 3
-        return {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1), ratio)
+        return {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
+                                self._grid_bound(ratio))
                 for _, name, stride, ratio in self._bands()}
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
-        return {"visibility": visibility(x, self.config.edge_power, self.config.density_scale)}
+        on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
+        return {"visibility": visibility(x, self.config.edge_power, self.config.density_scale, on)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
@@ -137,8 +171,11 @@ class TextureFamily(Family):
         h, w = x.shape[-2:]
         delta = None
         for i, name, _, _ in self._bands():
+            grid = params[name]
+            if self.config.highpass > 0:
+                grid = grid - _blur(grid, self.config.highpass)
             # The grid's corners sit on the image's corners (align_corners upsampling).
-            term = upsample_field(params[name], h, w, "bilinear") * vis[:, i : i + 1]
+            term = upsample_field(grid, h, w, UPSAMPLE) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
         return x if delta is None else clamp_unit(x + delta)
 
@@ -147,5 +184,5 @@ class TextureFamily(Family):
 
     def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
         # Bounds do not depend on the size; shapes are read off the parameters themselves.
-        return {k: ParamSpec(tuple(p.shape[1:]), getattr(self.config, k))
+        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(getattr(self.config, k)))
                 for k, p in params.items()}
