@@ -18,6 +18,13 @@ SAMPLE = ROOT / "data" / "sample"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(items):
+    # The tiers: a test is "unit" unless its module says it loads weights or is slow.
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("integration", "slow")):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     # Each test draws its random tensors from the same seed whatever ran before it, so a
