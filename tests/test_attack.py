@@ -15,6 +15,8 @@ from unrestrict.attack import (
 from unrestrict.augment import input_diversity
 from unrestrict.models import Ensemble
 
+pytestmark = pytest.mark.integration  # loads the offline weights
+
 
 @pytest.fixture(scope="module")
 def mobilenet():

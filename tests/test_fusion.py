@@ -9,6 +9,8 @@ from torch import nn
 from unrestrict.fusion import fold_batchnorm
 from unrestrict.models import get_model_entry
 
+pytestmark = pytest.mark.integration  # loads the offline weights
+
 
 def _bn_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -89,7 +89,7 @@ def test_every_refusal_is_listed_and_nothing_is_written(case, message, good, tmp
     assert any(p.startswith(message) for p in e.value.problems), e.value.problems
     assert not z.exists() and not list(tmp_path.glob(".*.tmp"))
     out = CliRunner().invoke(cli, ["pack", str(res), "--input", str(inp), "-o", str(z)])
-    assert out.exit_code == 1 and message in out.output
+    assert out.exit_code == 4 and message in out.output
 
 
 def test_all_problems_are_listed_at_once(good, tmp_path):

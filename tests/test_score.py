@@ -17,6 +17,8 @@ import unrestrict.score as score_mod
 from unrestrict.cli import cli
 from unrestrict.score import ScoreConfig, score
 
+pytestmark = pytest.mark.integration  # loads the offline weights
+
 
 class MeanColourFeatures:
     """A stand-in for the Inception: 2048-d features linear in each image's mean colour."""
@@ -64,8 +66,8 @@ def test_fid_through_the_pipeline_matches_closed_form(sample_copy, tmp_path, mon
 
     expected = calculate_frechet_distance(fa.mean(0), np.cov(fa, rowvar=False),
                                           fb.mean(0), np.cov(fb, rowvar=False))
-    assert res.summary["fid"] == pytest.approx(expected, rel=1e-4, abs=1e-3)
-    assert res.summary["fid"] > 1.0
+    assert res.summary.fid == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    assert res.summary.fid > 1.0
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def self_score(tmp_path_factory):
 
 def test_self_score_identities_with_real_weights(self_score):
     _, res = self_score
-    s = res.summary
+    s = res.summary.to_dict()
     assert s["lpips"] == 0.0
     assert s["fid"] == pytest.approx(0.0, abs=1e-3)
     assert s["asr"] == pytest.approx(1 - s["clean_accuracy"])
@@ -105,8 +107,8 @@ def test_zip_and_folder_give_the_same_numbers(self_score, tmp_path, sample_dir):
     res2 = score(sample_dir, z, ScoreConfig(eval_models=("efficientnet_lite2", "mobilenet_v2"),
                                             num_workers=0), progress=False)
     for key in ("asr", "lpips", "clean_accuracy", "n_images"):
-        assert res2.summary[key] == res.summary[key]
-    assert res2.summary["fid"] == pytest.approx(res.summary["fid"], abs=1e-6)
+        assert getattr(res2.summary, key) == getattr(res.summary, key)
+    assert res2.summary.fid == pytest.approx(res.summary.fid, abs=1e-6)
 
 
 def test_cli_outputs_json_csv_and_report(self_score, tmp_path, sample_dir):
@@ -178,7 +180,7 @@ def test_two_lpips_nets_in_one_pass(sample_copy, tmp_path):
         (adv / name).write_bytes(encode_jpeg((img * 0.8 + 0.1).clamp(0, 1), 90))
     res = score(inp, adv, ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0,
                                       lpips_nets=("vgg", "alex")), progress=False)
-    s = res.summary
+    s = res.summary.to_dict()
     assert s["lpips_net"] == "vgg" and s["lpips"] == s["lpips_vgg"]
     assert s["lpips_alex"] > 0.01 and s["lpips_vgg"] > 0.01
     assert s["lpips_alex"] != s["lpips_vgg"]
@@ -187,3 +189,46 @@ def test_two_lpips_nets_in_one_pass(sample_copy, tmp_path):
         ScoreConfig(lpips_nets=("alex", "alex"))
     with pytest.raises(ValueError, match="distinct names"):
         ScoreConfig(lpips_nets=("squeeze",))
+
+
+def test_missing_results_are_refused_unless_partial(sample_copy, tmp_path):
+    inp = sample_copy(3)
+    adv = tmp_path / "adv"
+    adv.mkdir()
+    for name in ("0.jpg", "1.jpg"):
+        shutil.copy(inp / "images" / name, adv / name)
+    cfg = ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0)
+    from unrestrict.errors import ResultsError
+
+    with pytest.raises(ResultsError, match="1 of 3 rows have no result.*2.jpg"):
+        score(inp, adv, cfg, progress=False)
+    res = score(inp, adv, ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0,
+                                      partial=True), progress=False)
+    assert res.summary.n_images == 2 and res.summary.n_missing == 1
+
+
+def test_default_eval_models_exclude_those_the_run_used(tmp_path):
+    from unrestrict.rundir import RunBinding, RunDir
+    from unrestrict.score import default_eval_models
+    from unrestrict.submission import ResultSource
+
+    run = tmp_path / "run"
+
+    def bind(models: dict[str, str]) -> None:
+        RunDir(run).binding_path.unlink(missing_ok=True)
+        RunDir(run).bind(RunBinding("in", "0" * 64, {}, models), {})
+
+    bind({"efficientnet_lite0": "sha256:57934424", "mobilenet_v2": "sha256:b0353104",
+          "efficientnet_lite1": "sha256:77cc7160"})
+    models, why = default_eval_models(ResultSource(run), None)
+    assert models == ["efficientnet_lite2"] and "not used by the run" in why
+    # Held out by weight file, not by name: torchvision's own name for the V1 weights of
+    # mobilenet_v2 is the offline file under another name.
+    bind({"efficientnet_lite0": "sha256:57934424",
+          "torchvision:mobilenet_v2.IMAGENET1K_V1": "sha256:b0353104"})
+    models, _ = default_eval_models(ResultSource(run), None)
+    assert models == ["efficientnet_lite1", "efficientnet_lite2"]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    models, why = default_eval_models(ResultSource(bare), None)
+    assert len(models) == 4 and "may include the attack models" in why

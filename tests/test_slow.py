@@ -48,7 +48,7 @@ def test_default_natural_attack_transfers_at_low_lpips(sample_copy, tmp_path):
     val = create_ensemble(["efficientnet_lite1"])
     moved = 0
     for r in recs.values():
-        x = load_rgb(inp / "images" / r["image_id"])[0].float() / 255
+        x = load_rgb(inp / "images" / r["image_id"]).float() / 255
         with torch.no_grad():
             clean = float(margin_loss(val(x[None]), torch.tensor([r["label"]])))
         moved += r["val_success"] or r["val_margin"] > clean + 1

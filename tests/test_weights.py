@@ -16,6 +16,8 @@ from unrestrict import weights
 from unrestrict.errors import WeightsUnavailableError
 from unrestrict.metrics import FeatureStats, FidFeatures, LpipsMetric, frechet_distance
 
+pytestmark = pytest.mark.integration  # loads the offline weights
+
 LPIPS_DIR = Path(__file__).parent / "data" / "lpips"
 
 

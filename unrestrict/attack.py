@@ -29,16 +29,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import AUGMENTATIONS, AugmentOptions, augment
-from .jpeg import decode_jpeg, encode_jpeg
+from .contract import check_images
+from .errors import ConfigError
+from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
-from .perturb import DEFAULT_FAMILIES, Composite, compose
-from .utils import check_images
+from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
+from .settings import setting
 
 __all__ = [
     "AttackConfig",
     "Attack",
     "ImageResult",
     "LOSSES",
+    "AMP_DTYPES",
     "margin_loss",
     "ce_loss",
     "PIXEL_BASELINE",
@@ -48,6 +51,9 @@ __all__ = [
 
 LossName = Literal["margin", "ce"]
 AmpMode = Literal["none", "bf16", "fp16"]
+# Mixed precision for the model passes: mode -> autocast dtype (None: full precision).
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
 Decision = Literal["minimal", "strongest", "original", "ensemble"]
 FailurePolicy = Literal["strongest", "original", "ensemble"]
 # What an image that never fools the validation models is given.
@@ -78,30 +84,41 @@ LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss
 class AttackConfig:
     """Everything that decides what the attack computes (not where or how fast)."""
 
-    families: tuple[str, ...] = DEFAULT_FAMILIES
+    families: tuple[str, ...] = setting(
+        DEFAULT_FAMILIES, "Perturbation families, applied in the order of FAMILY_ORDER.",
+        FAMILY_ORDER, flag="--family")
     family_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    stages: int = 4  # budget levels 1/stages, 2/stages, ..., 1
-    steps: int = 20  # optimisation steps per stage
-    step_size: float | None = None  # fraction of a parameter's current bound; None: 2.5/steps
-    momentum: float = 1.0
-    loss: LossName = "margin"
-    kappa: float = 50.0  # margin cap: past it, gradient goes to images that still need it
-    # Each step shows the models ``copies`` augmented versions of the current result and
-    # averages their losses; each copy applies ``augment`` (see unrestrict.augment) in order.
-    copies: int = 1
-    augment: tuple[str, ...] = ("di",)
-    di_prob: float = 0.7
-    di_min_scale: float = 0.9
-    blur_sigma: float = 0.0  # TI: Gaussian blur (working pixels) inside the forward graph
-    reg_weight: float = 0.0  # weight of the families' smoothness/size penalties
-    lpips_weight: float = 0.0  # LPIPS-to-original penalty (needs an LPIPS model)
-    work_size: int | None = None  # None: largest attack-model input; 0: full resolution
-    # A validation model counts as fooled past this logit margin: stopping at the bare
-    # decision boundary transfers poorly to models of other architectures.
-    val_margin: float = 5.0
-    refine: int = 2  # bisection steps that shrink a successful image's parameters
-    jpeg_quality: int = 95
-    on_failure: FailurePolicy = "strongest"
+    stages: int = setting(4, "Budget levels 1/S, 2/S, ..., 1; an image stops at the first "
+                              "that fools the validation models.")
+    steps: int = setting(20, "Optimisation steps per stage.")
+    step_size: float | None = setting(None, "Step as a fraction of each parameter's current "
+                                             "bound (None: 2.5/steps).")
+    momentum: float = setting(1.0, "MI-FGSM momentum (decay).")
+    loss: LossName = setting("margin", "Loss on the ensemble's averaged logits.", LOSSES)
+    kappa: float = setting(50.0, "Cap on the loss: past it, the gradient goes to images that "
+                                  "still need it.")
+    copies: int = setting(1, "Augmented copies of the current result shown to the models per "
+                              "step, losses averaged (each one more forward+backward pass).")
+    augment: tuple[str, ...] = setting(("di",), "Augmentations each copy applies in order.",
+                                        AUGMENTATIONS)
+    di_prob: float = setting(0.7, "Chance that a copy is resized and padded (di).")
+    di_min_scale: float = setting(0.9, "Smallest scale di resizes a copy to.")
+    blur_sigma: float = setting(0.0, "TI: Gaussian blur (sigma, working pixels) in the "
+                                      "forward graph; 0 = off.")
+    reg_weight: float = setting(0.0, "Weight of the families' smoothness/size penalties.")
+    lpips_weight: float = setting(0.0, "Weight of an LPIPS-to-original penalty.")
+    work_size: int | None = setting(None, "Side length resolution-free families are optimised "
+                                           "at (None: the largest model input; 0: full size).")
+    # Stopping at the bare decision boundary transfers poorly to other architectures.
+    val_margin: float = setting(5.0, "Logit margin by which every validation model must be "
+                                      "fooled for an image to stop growing.")
+    refine: int = setting(2, "Bisection steps that shrink a successful image towards the "
+                              "original.")
+    jpeg_quality: int = setting(95, "Output JPEG quality; success is judged on the decoded "
+                                     "bytes.")
+    on_failure: FailurePolicy = setting(
+        "strongest", "What an image that never fools the validation models gets.",
+        FAILURE_POLICIES)
 
     def __post_init__(self) -> None:
         checks = [
@@ -121,7 +138,8 @@ class AttackConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
+        compose(self.families, self.family_options)  # unknown families and options
 
     @property
     def effective_step_size(self) -> float:
@@ -218,7 +236,7 @@ class Attack:
     # -- pieces -----------------------------------------------------------------------------
 
     def _autocast(self) -> Any:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        dtype = AMP_DTYPES[self.amp]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def work_size(self) -> int | None:
@@ -310,7 +328,7 @@ class Attack:
         """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch)."""
         out = self.composite.apply(x_full, params)
         blobs = [encode_jpeg(img, self.config.jpeg_quality) for img in out]
-        decoded = torch.stack([decode_jpeg(b) for b in blobs]).to(x_full.device)
+        decoded = torch.stack([decode_rgb(b)[0] for b in blobs]).to(x_full.device)
         return blobs, decoded
 
     @torch.no_grad()

@@ -1,18 +1,18 @@
 """``unrestrict generate``: attack every row of an input folder and write the results.
 
-Streaming (a few batches in memory), resumable (atomic writes + an append-only log per rank)
-and shardable (``torchrun`` sets RANK/WORLD_SIZE; each rank takes rows ``rank::world``).
+Streaming (a few batches in memory), resumable (atomic writes + an append-only log per rank,
+:mod:`unrestrict.rundir`) and shardable (``torchrun`` sets RANK/WORLD_SIZE; each rank takes
+rows ``rank::world``). On the CPU every image is attacked on its own, with randomness drawn
+from the seed and its ImageId, so its bytes do not depend on the batch size, the sharding or
+a resume.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import logging
 import os
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,21 +21,23 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .attack import AmpMode, Attack, AttackConfig, ImageResult
+from .attack import AMP_DTYPES, AmpMode, Attack, AttackConfig, ImageResult
 from .data import (
-    META_DIR,
+    ImageDataset,
     InputSet,
-    RunLog,
-    check_output_dir,
+    Item,
+    Row,
+    group_by_size,
     log_notes,
     make_loader,
     scan_input,
     shard_rows,
-    write_atomic,
 )
-from .errors import DataError
-from .models import create_ensemble
-from .utils import derive_seed
+from .errors import ConfigError, DataError, OutputError
+from .files import file_sha256, write_atomic
+from .models import create_ensemble, get_model_entry
+from .rundir import RunBinding, RunDir, check_output_dir
+from .settings import setting
 
 __all__ = [
     "DEFAULT_ATTACK_MODELS",
@@ -43,6 +45,7 @@ __all__ = [
     "GenerateConfig",
     "GenerateSummary",
     "generate",
+    "parse_shard",
     "shard_from_env",
 ]
 
@@ -53,35 +56,60 @@ logger = logging.getLogger("unrestrict")
 DEFAULT_ATTACK_MODELS: tuple[str, ...] = ("efficientnet_lite0", "mobilenet_v2")
 DEFAULT_VAL_MODELS: tuple[str, ...] = ("efficientnet_lite1",)
 
+# Per-image parameters are kept by default up to this size (float32, a contest image): a
+# global grade's few dozen numbers, not a per-pixel field's hundreds of KB per image.
+PARAMS_KEPT_BYTES = 64 * 1024
+
 # Settings that do not change what is computed; a resumed run may change them freely.
-_RUNTIME_KEYS = {"batch_size", "num_workers", "limit", "save_params"}
+_RUNTIME_KEYS = {"batch_size", "num_workers", "limit", "save_params", "skip_bad"}
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
-    models: tuple[str, ...] = DEFAULT_ATTACK_MODELS
-    val_models: tuple[str, ...] = DEFAULT_VAL_MODELS
-    seed: int = 0
-    batch_size: int = 8
-    num_workers: int = 2
-    amp: AmpMode = "none"
-    skip_bad: bool = False
-    save_params: bool | None = None  # None: save unless the per-pixel family is on
-    limit: int | None = None  # only the first N rows of dev.csv (demos, smoke tests)
+    models: tuple[str, ...] = setting(DEFAULT_ATTACK_MODELS,
+                                      "Attack ensemble (logits averaged).")
+    val_models: tuple[str, ...] = setting(
+        DEFAULT_VAL_MODELS, "Held-out models for the per-image budget check; '' to judge with "
+                            "the attack ensemble.")
+    seed: int = setting(0, "With each image's ImageId, seeds its randomness (README: "
+                           "Reproducibility).")
+    batch_size: int = setting(8, "Images per batch (on the CPU: loaded together, attacked one "
+                                 "by one).", flag="-b")
+    num_workers: int = setting(2, "Image-decoding worker processes.")
+    amp: AmpMode = setting("none", "Mixed precision for the model passes (GPU).", AMP_DTYPES)
+    skip_bad: bool = setting(False, "Leave unreadable rows out (listed at the end) instead of "
+                                    "stopping.")
+    save_params: bool | None = setting(
+        None, "Save per-image parameters under OUTPUT_DIR/.unrestrict/params (None: when they "
+              "are small, not for per-pixel families).")
+    limit: int | None = setting(None, "Only the first N rows of dev.csv.")
     lpips_net: str = "alex"  # for the LPIPS-to-original value in the log
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError("at least one attack model is needed")
-        overlap = set(self.models) & set(self.val_models)
-        if overlap:
-            raise ValueError(
-                f"validation models must be held out from the attack ensemble; both have "
-                f"{sorted(overlap)}"
-            )
+            raise ConfigError("at least one attack model is needed")
         if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ConfigError("batch_size must be >= 1")
+        if self.amp not in AMP_DTYPES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_DTYPES)}; got {self.amp!r}")
+
+    def model_identities(self) -> dict[str, str]:
+        """Attack and validation model names -> weight identity (no weights are loaded).
+
+        Raises:
+            ConfigError: a validation model has the same weights as an attack model, under
+                whatever name.
+        """
+        ids = {n: get_model_entry(n).weights_id for n in (*self.models, *self.val_models)}
+        attack_ids = {ids[n]: n for n in self.models}
+        same = [f"{v} (= {attack_ids[ids[v]]})" for v in self.val_models if ids[v] in attack_ids]
+        if same:
+            raise ConfigError(
+                "validation models must be held out from the attack ensemble; these have the "
+                f"same weights as an attack model: {', '.join(same)}"
+            )
+        return ids
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,6 +117,10 @@ class GenerateConfig:
         d["models"] = list(self.models)
         d["val_models"] = list(self.val_models)
         return d
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the computed results: everything but the runtime keys."""
+        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_KEYS}
 
 
 @dataclass
@@ -104,9 +136,43 @@ class GenerateSummary:
     seconds: float
     output_dir: Path
 
+    validated: bool = True  # validation models judged the results
+
     @property
     def val_success_rate(self) -> float:
         return self.val_success / self.written if self.written else float("nan")
+
+    def __str__(self) -> str:
+        shard = f" (shard {self.rank}/{self.world})" if self.world > 1 else ""
+        val = (f"fooled validation models {self.val_success}/{self.written}, " if self.validated
+               else "no validation models, ")
+        return (f"{self.output_dir}{shard}: {self.written} written, {self.already_done} already "
+                f"done, {len(self.skipped)} skipped of {self.total}; {val}attack ensemble "
+                f"{self.ensemble_success}/{self.written}; {self.seconds:.1f}s")
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A 63-bit seed from a base seed and strings (the ImageIds of a batch): randomness keyed
+    on the images, not on the batch index, whichever shard or resumed run processes them."""
+    h = hashlib.sha256(str(seed).encode())
+    for p in parts:
+        h.update(b"\0" + p.encode())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N), with 0 <= I < N.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard expects I/N such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard needs 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def shard_from_env() -> tuple[int, int]:
@@ -114,35 +180,7 @@ def shard_from_env() -> tuple[int, int]:
     try:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     except ValueError as e:
-        raise DataError(f"RANK/WORLD_SIZE in the environment are not integers: {e}") from e
-
-
-def _check_config(meta: Path, cfg: GenerateConfig) -> None:
-    """Refuse to resume into a folder made with different attack settings: the outputs would
-    silently mix two experiments."""
-    path = meta / "config.json"
-    new = {k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_KEYS}
-    if path.is_file():
-        old = json.loads(path.read_text())["config"]
-        old = {k: v for k, v in old.items() if k not in _RUNTIME_KEYS}
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise DataError(
-                f"{path.parent.parent} holds a run with different settings ({', '.join(diff)}); "
-                f"resume with the same settings, or use a new OUTPUT_DIR"
-            )
-
-
-def _write_config(meta: Path, cfg: GenerateConfig, input_dir: Path, device: torch.device) -> None:
-    doc = {
-        "config": cfg.to_dict(),
-        "input_dir": str(Path(input_dir).resolve()),
-        "seed": cfg.seed,
-        "versions": {"unrestrict": __version__, "torch": torch.__version__},
-        "device": str(device),
-        "jpeg_quality": cfg.attack.jpeg_quality,
-    }
-    write_atomic(meta / "config.json", (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        raise ConfigError(f"RANK/WORLD_SIZE in the environment are not integers: {e}") from e
 
 
 def generate(
@@ -156,31 +194,35 @@ def generate(
 ) -> GenerateSummary:
     """Attack the rows of shard ``rank``/``world`` of ``input_dir`` into ``output_dir``.
 
-    Finished images (logged and on disk) are skipped, so calling it again resumes.
+    Every input is checked (each image fully decoded) and the output folder is bound to the
+    input and the settings before anything is written; finished images are skipped, so
+    calling it again resumes.
     """
     device = torch.device(device)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     check_output_dir(input_dir, output_dir)
-    inputs: InputSet = scan_input(input_dir, skip_bad=cfg.skip_bad)
+    identities = cfg.model_identities()
+    inputs: InputSet = scan_input(input_dir, skip_bad=cfg.skip_bad, num_workers=cfg.num_workers)
     log_notes(inputs.notes, logger)
     rows = inputs.rows[: cfg.limit] if cfg.limit is not None else inputs.rows
     shard = shard_rows(rows, rank, world)
 
-    meta = output_dir / META_DIR
-    meta.mkdir(parents=True, exist_ok=True)
-    _check_config(meta, cfg)
-    _write_config(meta, cfg, input_dir, device)
-    done = RunLog.finished(output_dir)
+    run = RunDir(output_dir)
+    binding = RunBinding(str(input_dir.resolve()), file_sha256(input_dir / "dev.csv"),
+                         cfg.settings(), identities)
+    run.bind(binding, {"config": cfg.to_dict(), "seed": cfg.seed, "device": str(device),
+                       "versions": {"unrestrict": __version__, "torch": torch.__version__}})
+    done = run.finished()
     todo = [r for r in shard if r.image_id not in done]
-    log = RunLog(meta, rank, world)
-    save_params = cfg.save_params if cfg.save_params is not None else (
-        "pixel" not in cfg.attack.families
-    )
-    if save_params:
-        (meta / "params").mkdir(exist_ok=True)
+    log = run.log(rank, world)
+    save_params = cfg.save_params
+    if save_params is None:
+        from .perturb import compose
 
+        size = compose(cfg.attack.families, cfg.attack.family_options).param_count(500, 500)
+        save_params = 4 * size <= PARAMS_KEPT_BYTES
     summary = GenerateSummary(rank, world, len(shard), len(shard) - len(todo), 0,
-                              list(inputs.skipped), 0, 0, 0.0, output_dir)
+                              list(inputs.skipped), 0, 0, 0.0, output_dir, bool(cfg.val_models))
     if not todo:
         return summary
 
@@ -191,45 +233,26 @@ def generate(
     lpips_metric = LpipsMetric(cfg.lpips_net, device)
     attack = Attack(cfg.attack, ensemble, val, device=device, amp=cfg.amp,
                     lpips=lpips_metric.model if cfg.attack.lpips_weight > 0 else None)
+    # On the CPU an image alone gives the same bytes whatever shares its batch: convolution
+    # results there depend (in the last bits) on the batch size, and sign steps amplify that.
+    alone = device.type == "cpu"
 
     start = time.perf_counter()
     bar = tqdm(total=len(shard), initial=summary.already_done, unit="img", disable=not progress,
                desc=f"generate[{rank}/{world}]" if world > 1 else "generate", dynamic_ncols=True)
-    loader = make_loader(inputs.images_dir, todo, cfg.batch_size, cfg.num_workers)
     try:
-        for batch in loader:
-            bad = [it for it in batch if it["error"] is not None]
-            for it in bad:
-                if not cfg.skip_bad:
-                    raise DataError(f"dev.csv line {it['row'].line}: {it['error']}")
-                summary.skipped.append(it["error"])
-                logger.warning("skipped: %s", it["error"])
-            log.append({"image_id": it["row"].image_id, "status": "skipped",
-                        "reason": it["error"]} for it in bad)
-            good = [it for it in batch if it["error"] is None]
-            for it in good:
-                if it["note"]:
-                    logger.warning(it["note"])
-            # Contest images are all 500x500, but others are allowed: batch by size.
-            groups: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-            for it in good:
-                groups[tuple(it["image"].shape[-2:])].append(it)
+        for batch in make_loader(ImageDataset(inputs.images_dir, todo), cfg.batch_size,
+                                 cfg.num_workers):
+            bad = [it for it in batch if it.error is not None]
+            if bad:  # changed on disk since the scan
+                raise DataError("\n".join(f"dev.csv line {it.row.line}: {it.error}"
+                                          for it in bad))
             records = []
-            for items in groups.values():
-                t_group = time.perf_counter()
-                names = [it["row"].image_id for it in items]
-                x = torch.stack([it["image"] for it in items]).to(device).float() / 255
-                y = torch.tensor([it["row"].label for it in items], device=device)
-                results = attack.run(x, y, seed=derive_seed(cfg.seed, *names))
-                adv = torch.stack([r.decoded for r in results]).to(device).float() / 255
-                dists = lpips_metric(adv, x).tolist()
-                per_image = (time.perf_counter() - t_group) / len(items)
-                for it, r, d in zip(items, results, dists, strict=True):
-                    records.append(_finish(it["row"], r, d, per_image, output_dir, meta,
-                                           save_params, cfg))
-                    summary.written += 1
-                    summary.val_success += bool(r.val_success)
-                    summary.ensemble_success += r.ensemble_success
+            for group in group_by_size(batch, lambda it: tuple(it.image.shape)):
+                chunks = [[it] for it in group] if alone else [group]
+                for items in chunks:
+                    records += _attack(attack, lpips_metric, items, cfg, device, run,
+                                       save_params, summary)
             log.append(records)
             bar.update(len(batch))
             elapsed = time.perf_counter() - start
@@ -243,16 +266,39 @@ def generate(
     return summary
 
 
+def _attack(
+    attack: Attack, lpips_metric: Any, items: list[Item], cfg: GenerateConfig,
+    device: torch.device, run: RunDir, save_params: bool, summary: GenerateSummary,
+) -> list[dict[str, Any]]:
+    """Attack one batch of same-size items, write each result, return their log records."""
+    t0 = time.perf_counter()
+    x = torch.stack([it.image for it in items]).to(device).float() / 255
+    y = torch.tensor([it.row.label for it in items], device=device)
+    results = attack.run(x, y, seed=derive_seed(cfg.seed, *(it.row.image_id for it in items)))
+    adv = torch.stack([r.decoded for r in results]).to(device).float() / 255
+    dists = lpips_metric(adv, x).tolist()
+    per_image = (time.perf_counter() - t0) / len(items)
+    records = []
+    for it, r, d in zip(items, results, dists, strict=True):
+        records.append(_finish(it.row, r, d, per_image, run, save_params, cfg))
+        summary.written += 1
+        summary.val_success += bool(r.val_success)
+        summary.ensemble_success += r.ensemble_success
+    return records
+
+
 def _finish(
-    row: Any, r: ImageResult, lpips_value: float, seconds: float, output_dir: Path, meta: Path,
+    row: Row, r: ImageResult, lpips_value: float, seconds: float, run: RunDir,
     save_params: bool, cfg: GenerateConfig,
 ) -> dict[str, Any]:
     """Write one image (and its parameters), and return its log record."""
-    write_atomic(output_dir / row.image_id, r.jpeg)
-    if save_params:
-        buf = io.BytesIO()
-        torch.save({k: v.contiguous() for k, v in r.params.items()}, buf)
-        write_atomic(meta / "params" / f"{row.image_id}.pt", buf.getvalue())
+    try:
+        write_atomic(run.output_dir / row.image_id, r.jpeg)
+        if save_params:
+            run.save_params(row.image_id, r.params)
+    except OSError as e:
+        raise OutputError(f"cannot write {run.output_dir / row.image_id} ({e.strerror or e}); "
+                          "every image logged before it is kept") from e
     return {
         "image_id": row.image_id,
         "label": row.label,
@@ -269,17 +315,3 @@ def _finish(
         "seconds": round(seconds, 4),
         "bytes": len(r.jpeg),
     }
-
-
-def read_run_config(output_dir: Path) -> dict[str, Any] | None:
-    """The config a generate run recorded in ``output_dir``, or None."""
-    path = Path(output_dir) / META_DIR / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def models_used(output_dir: Path) -> Sequence[str] | None:
-    """Attack + validation models of the run in ``output_dir`` (None if no run is recorded)."""
-    doc = read_run_config(output_dir)
-    if doc is None:
-        return None
-    return list(doc["config"]["models"]) + list(doc["config"]["val_models"])

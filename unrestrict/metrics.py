@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from . import weights
-from .utils import check_images
+from .contract import check_images
+from .errors import ConfigError
+from .settings import setting
 
 __all__ = [
     "LpipsMetric",
@@ -46,7 +48,7 @@ class LpipsMetric:
 
     def __init__(self, net: LpipsNet = "alex", device: torch.device | str = "cpu") -> None:
         if net not in LPIPS_NETS:
-            raise ValueError(f"lpips net must be one of {', '.join(LPIPS_NETS)}; got {net!r}")
+            raise ConfigError(f"lpips net must be one of {', '.join(LPIPS_NETS)}; got {net!r}")
         self.net = net
         # channels_last: 40% faster AlexNet at 500x500 on the CPU (measured, batch 50).
         self.model = weights.load_lpips(net, weights.resolve(f"lpips_{net}")).to(
@@ -167,13 +169,13 @@ class ScoreFormula:
     With the defaults (200, 0.2, 0.7) the LPIPS term is ``sqrt(1 - 2 (clip - 0.2))``.
     """
 
-    fid_cap: float = 200.0
-    lpips_low: float = 0.2
-    lpips_high: float = 0.7
+    fid_cap: float = setting(200.0, "FID at which the FID factor reaches 0.")
+    lpips_low: float = setting(0.2, "Mean LPIPS up to which the LPIPS factor stays 1.")
+    lpips_high: float = setting(0.7, "Mean LPIPS at which the LPIPS factor reaches 0.")
 
     def __post_init__(self) -> None:
         if self.fid_cap <= 0 or not self.lpips_low < self.lpips_high:
-            raise ValueError("need fid_cap > 0 and lpips_low < lpips_high")
+            raise ConfigError("need fid_cap > 0 and lpips_low < lpips_high")
 
     def fid_factor(self, fid: float) -> float:
         return math.sqrt(1 - min(max(fid, 0.0), self.fid_cap) / self.fid_cap)

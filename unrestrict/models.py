@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import weights
-from .errors import WeightsUnavailableError
+from .contract import check_images
+from .errors import ConfigError, WeightsUnavailableError
+from .files import file_sha256
 from .fusion import fold_batchnorm
-from .utils import check_images
 
 __all__ = [
     "Preprocess",
@@ -39,13 +41,15 @@ __all__ = [
     "register_model",
     "get_model_entry",
     "list_models",
+    "format_models",
     "create_classifier",
     "create_ensemble",
     "OFFLINE_MODELS",
+    "STATUSES",
 ]
 
 Interpolation = Literal["bilinear", "bicubic"]
-Source = Literal["offline", "torchvision", "timm"]
+Source = Literal["offline", "torchvision", "timm", "local"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +76,16 @@ class ModelEntry:
     preprocess: Preprocess
     origin: str
     build: Callable[[], nn.Module]  # weights loaded, eval mode, on CPU
-    availability: Callable[[], tuple[bool, str]]  # (usable now without network, where from)
+    # (status, where from) for verify=True/False; status is one of STATUSES.
+    availability: Callable[[bool], tuple[str, str]]
+    # The weights' identity, the same whatever name they are reached by: "sha256:<8 hex>"
+    # where the file's digest is known (offline files, torchvision's hash-named files); else
+    # "name:<name>", so that two entries without a known digest never count as the same.
+    weights_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.weights_id:
+            object.__setattr__(self, "weights_id", f"name:{self.name}")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -85,13 +98,25 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def _offline_availability(key: str) -> tuple[bool, str]:
+# What `unrestrict models` can say of a model's weights.
+STATUSES = {
+    "verified": "here, and the file's SHA-256 matches",
+    "present": "here, not verified (no checksum is known for it)",
+    "missing": "not here: installing or downloading it is needed",
+    "corrupt": "here, but the file's SHA-256 does not match: reinstall or delete it",
+}
+
+
+def _offline_availability(key: str, verify: bool) -> tuple[str, str]:
     wf = weights.WEIGHT_FILES[key]
     try:
         path = weights.locate(key)
     except WeightsUnavailableError:
-        return False, f"missing: {wf.install_hint}"
-    return True, f"{wf.distribution}=={wf.version}: {path.name}"
+        return "missing", wf.install_hint
+    where = f"{wf.distribution}=={wf.version}: {path.name}"
+    if not verify:
+        return "present", where
+    return ("verified" if file_sha256(path) == wf.sha256 else "corrupt"), where
 
 
 def _offline(name: str, key: str, pre: Preprocess, loader: Callable[[Path], nn.Module]) -> None:
@@ -103,6 +128,7 @@ def _offline(name: str, key: str, pre: Preprocess, loader: Callable[[Path], nn.M
             origin=weights.WEIGHT_FILES[key].distribution,
             build=lambda: loader(weights.resolve(key)),
             availability=partial(_offline_availability, key),
+            weights_id=f"sha256:{weights.WEIGHT_FILES[key].sha256[:8]}",
         )
     )
 
@@ -148,10 +174,13 @@ POPULAR_NETWORKED: tuple[str, ...] = (
 
 
 def _torchvision_entry(name: str) -> ModelEntry:
+    """``name`` or ``name.WEIGHTS`` (e.g. ``mobilenet_v2.IMAGENET1K_V1``; default: DEFAULT)."""
     import torchvision
 
+    arch, _, tag = name.partition(".")
     try:
-        w = torchvision.models.get_model_weights(name).DEFAULT
+        enum = torchvision.models.get_model_weights(arch)
+        w = enum[tag] if tag else enum.DEFAULT
     except (ValueError, KeyError, AttributeError):
         raise WeightsUnavailableError(
             f"torchvision has no pretrained classifier {name!r}"
@@ -162,20 +191,28 @@ def _torchvision_entry(name: str) -> ModelEntry:
     interp = "bicubic" if "BICUBIC" in str(t.interpolation).upper() else "bilinear"
     pre = Preprocess(int(t.crop_size[0]), interp, tuple(t.mean), tuple(t.std))  # type: ignore[arg-type]
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    # torchvision names its files <name>-<first 8 hex of their sha256>.pth
+    digest = re.search(r"-([0-9a-f]{8,})\.pth$", w.url)
+    wid = f"sha256:{digest.group(1)[:8]}" if digest else f"url:{w.url}"
 
-    def availability() -> tuple[bool, str]:
-        return (True, f"cached: {file}") if file.is_file() else (False, f"download: {w.url}")
+    def availability(verify: bool) -> tuple[str, str]:
+        if not file.is_file():
+            return "missing", f"download: {w.url}"
+        if not verify or not wid.startswith("sha256:"):
+            return "present", f"cached: {file}"
+        ok = file_sha256(file).startswith(wid.removeprefix("sha256:"))
+        return ("verified" if ok else "corrupt"), f"cached: {file}"
 
     def build() -> nn.Module:
         try:
-            return torchvision.models.get_model(name, weights=w).eval()
+            return torchvision.models.get_model(arch, weights=w).eval()
         except OSError as e:  # URLError is an OSError
             raise WeightsUnavailableError(
                 f"torchvision {name!r} needs {w.url} and it could not be downloaded ({e}). "
                 f"Copy the file to {file}, or use an offline model: {', '.join(OFFLINE_MODELS)}"
             ) from e
 
-    return ModelEntry(f"torchvision:{name}", "torchvision", pre, w.url, build, availability)
+    return ModelEntry(f"torchvision:{name}", "torchvision", pre, w.url, build, availability, wid)
 
 
 def _timm_entry(name: str) -> ModelEntry:
@@ -190,17 +227,17 @@ def _timm_entry(name: str) -> ModelEntry:
     pre = Preprocess(int(cfg.input_size[-1]), interp, tuple(cfg.mean), tuple(cfg.std))  # type: ignore[arg-type]
     hub_id = cfg.hf_hub_id or ""
 
-    def availability() -> tuple[bool, str]:
+    def availability(verify: bool) -> tuple[str, str]:
         try:
             from huggingface_hub import try_to_load_from_cache
 
             for fname in ("model.safetensors", "pytorch_model.bin"):
                 hit = try_to_load_from_cache(hub_id, fname) if hub_id else None
                 if isinstance(hit, str):
-                    return True, f"cached: {hit}"
+                    return "present", f"cached: {hit}"
         except ImportError:
             pass
-        return False, f"download: hf-hub:{hub_id}" if hub_id else f"download: {cfg.url}"
+        return "missing", f"download: hf-hub:{hub_id}" if hub_id else f"download: {cfg.url}"
 
     def build() -> nn.Module:
         try:
@@ -211,7 +248,8 @@ def _timm_entry(name: str) -> ModelEntry:
                 f"Use an offline model instead: {', '.join(OFFLINE_MODELS)}"
             ) from e
 
-    return ModelEntry(f"timm:{name}", "timm", pre, hub_id or str(cfg.url), build, availability)
+    return ModelEntry(f"timm:{name}", "timm", pre, hub_id or str(cfg.url), build, availability,
+                      f"hf:{hub_id}" if hub_id else f"url:{cfg.url}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -249,13 +287,19 @@ class ModelInfo:
     name: str
     source: Source
     input_size: int
-    available: bool
+    status: str  # a key of STATUSES
     origin: str
+    weights_id: str
+
+    @property
+    def available(self) -> bool:
+        return self.status in ("verified", "present")
 
 
-def list_models(include_all: bool = False) -> list[ModelInfo]:
+def list_models(include_all: bool = False, verify: bool = True) -> list[ModelInfo]:
     """Every offline model, the popular networked ones and, with ``include_all``, every
-    torchvision classifier. Checking availability reads the file system only."""
+    torchvision classifier. Reads the file system only; ``verify`` checks the SHA-256 of
+    every file whose digest is known (a second or so for the offline files)."""
     names = list(_REGISTRY) + list(POPULAR_NETWORKED)
     if include_all:
         import torchvision
@@ -271,9 +315,19 @@ def list_models(include_all: bool = False) -> list[ModelInfo]:
             e = get_model_entry(n)
         except WeightsUnavailableError:
             continue
-        ok, where = e.availability()
-        out.append(ModelInfo(e.name, e.source, e.preprocess.input_size, ok, where))
+        status, where = e.availability(verify)
+        out.append(ModelInfo(e.name, e.source, e.preprocess.input_size, status, where,
+                             e.weights_id))
     return out
+
+
+def format_models(infos: list[ModelInfo]) -> str:
+    """``list_models`` as an aligned text table."""
+    width = max(len(i.name) for i in infos)
+    lines = [f"{'name':<{width}}  {'source':<11}  size  {'weights':<8}  origin"]
+    lines += [f"{i.name:<{width}}  {i.source:<11}  {i.input_size:>4}  {i.status:<8}  {i.origin}"
+              for i in infos]
+    return "\n".join(lines)
 
 
 class Classifier(nn.Module):
@@ -375,5 +429,5 @@ def create_ensemble(
     fold_bn: bool = True,
 ) -> Ensemble:
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate model names in {list(names)}")
+        raise ConfigError(f"duplicate model names in {list(names)}")
     return Ensemble([create_classifier(n, device, dtype, fold_bn) for n in names])

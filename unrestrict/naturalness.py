@@ -16,13 +16,14 @@ values (B,); identical images score exactly 0.
   own (blurred backgrounds, bokeh), which flat-region noise misses.
 
 :data:`LIMITS` holds the level at which each starts to be visible as an edit; ``score`` ranks
-results by the worst ratio to it (:func:`worst_ratio`).
+results by the worst ratio to it (:func:`worst_ratio`). A new measure is one function plus
+:func:`register_measure`; ``score``, its CSV, JSON and report pick it up from the registry.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import kornia.color as KC
 import kornia.filters as KF
@@ -30,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .utils import check_images
+from .contract import check_images
 
 __all__ = [
     "MEASURES",
     "LIMITS",
-    "Naturalness",
+    "LABELS",
+    "register_measure",
     "naturalness",
     "color_drift",
     "flat_noise",
@@ -44,16 +46,38 @@ __all__ = [
     "worst_ratio",
 ]
 
-# Per-image keys, in the order they are reported.
-MEASURES: tuple[str, ...] = (
-    "color_drift", "color_drift_p95", "flat_noise", "detail_excess", "detail_excess_p95",
-)
-# Where an edit starts to show (issue targets; a global grade plus JPEG q95 stays well under
-# each). A result over any of them is ranked among the least natural.
-LIMITS: dict[str, float] = {
-    "color_drift": 1.5, "color_drift_p95": 3.0, "flat_noise": 1.2,
-    "detail_excess": 0.3, "detail_excess_p95": 0.6,
+Measure = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, ...]"]
+
+# Per-image keys in the order they are reported, and where each starts to show as an edit (a
+# global grade plus JPEG q95 stays well under each): both filled by register_measure.
+MEASURES: list[str] = []
+LIMITS: dict[str, float] = {}
+_REGISTRY: dict[str, tuple[Measure, tuple[str, ...]]] = {}
+# How the summary names a key; others are shown by their key.
+LABELS: dict[str, str] = {
+    "color_drift": "colour drift (dE)", "color_drift_p95": "colour drift p95",
+    "flat_noise": "flat-region noise (/255)", "detail_excess": "added fine detail",
+    "detail_excess_p95": "added fine detail p95",
 }
+
+
+def register_measure(**limits: float) -> Callable[[Measure], Measure]:
+    """Register a measure ``fn(orig, result)`` returning one (B,) tensor per keyword, in the
+    keywords' order; each keyword names a reported key and gives its visibility limit."""
+    if not limits:
+        raise ValueError("register_measure needs at least one key=limit")
+
+    def deco(fn: Measure) -> Measure:
+        clash = [k for k in limits if k in LIMITS]
+        if clash:
+            raise ValueError(f"naturalness keys already registered: {clash}")
+        _REGISTRY[fn.__name__] = (fn, tuple(limits))
+        MEASURES.extend(limits)
+        LIMITS.update(limits)
+        return fn
+
+    return deco
+
 
 DRIFT_SIGMA = 6.0
 NOISE_SIGMA = 2.0
@@ -100,6 +124,7 @@ def global_color_fit(orig: Tensor, result: Tensor) -> Tensor:
     return out
 
 
+@register_measure(color_drift=1.5, color_drift_p95=3.0)
 def color_drift(orig: Tensor, result: Tensor, downsample: int = 2) -> tuple[Tensor, Tensor]:
     """Delta E (CIE76) between ``result`` and its best global colour map of ``orig``, both
     low-passed (Gaussian, sigma 6 px) first. Returns (mean, 95th percentile) over pixels,
@@ -130,6 +155,7 @@ def _luma255(x: Tensor) -> Tensor:
     return KC.rgb_to_grayscale(x) * 255
 
 
+@register_measure(flat_noise=1.2)
 def flat_noise(orig: Tensor, result: Tensor) -> Tensor:
     """RMS (0-255 units, over channels) of the change minus its Gaussian blur (sigma 2 px),
     over the pixels where the original is flat; 0 for an image without flat pixels. (B,)."""
@@ -150,6 +176,7 @@ def _fine_band(luma: Tensor) -> Tensor:
     return _blur(luma, BAND_SIGMAS[0]) - _blur(luma, BAND_SIGMAS[1])
 
 
+@register_measure(detail_excess=0.3, detail_excess_p95=0.6)
 def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     """Per 16x16 block, ``sqrt(E_change / (E_original + 1))`` of the fine-band (DoG 0.7/2 px)
     luminance energy (mean square, 0-255 units); (mean, 95th percentile) over blocks, each (B,).
@@ -165,34 +192,25 @@ def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
 
 
-@dataclass(frozen=True)
-class Naturalness:
-    """Per-image naturalness measures, each a (B,) tensor; field names are :data:`MEASURES`."""
-
-    color_drift: Tensor
-    color_drift_p95: Tensor
-    flat_noise: Tensor
-    detail_excess: Tensor
-    detail_excess_p95: Tensor
-
-    def rows(self) -> list[dict[str, float]]:
-        """One dict per image, keyed by :data:`MEASURES`."""
-        cols = {k: getattr(self, k).tolist() for k in MEASURES}
-        return [{k: cols[k][i] for k in MEASURES} for i in range(len(self.color_drift))]
-
-
 @torch.no_grad()
-def naturalness(orig: Tensor, result: Tensor) -> Naturalness:
-    """Every measure for a batch of pairs. Shape: two (B, 3, H, W) in [0, 1]."""
+def naturalness(orig: Tensor, result: Tensor) -> list[dict[str, float]]:
+    """Every registered measure for a batch of pairs (two (B, 3, H, W) in [0, 1]): one dict per
+    image, keyed by :data:`MEASURES`."""
     check_images(orig, "orig")
     check_images(result, "result")
     if orig.shape != result.shape:
         raise ValueError(f"naturalness needs equal shapes, got {tuple(orig.shape)} and "
                          f"{tuple(result.shape)}")
     orig, result = orig.float(), result.float()
-    drift, drift95 = color_drift(orig, result)
-    excess, excess95 = detail_excess(orig, result)
-    return Naturalness(drift, drift95, flat_noise(orig, result), excess, excess95)
+    cols: dict[str, list[float]] = {}
+    for fn, keys in _REGISTRY.values():
+        out = fn(orig, result)
+        values = out if isinstance(out, tuple) else (out,)
+        if len(values) != len(keys):
+            raise ValueError(f"measure {fn.__name__} returned {len(values)} values for the "
+                             f"keys {keys}")
+        cols.update({k: v.tolist() for k, v in zip(keys, values, strict=True)})
+    return [{k: cols[k][i] for k in MEASURES} for i in range(len(orig))]
 
 
 def worst_ratio(values: dict[str, float]) -> float:

@@ -9,23 +9,27 @@ fixed timestamps), so the same results always give the same SHA-256.
 from __future__ import annotations
 
 import difflib
-import io
-import os
-import secrets
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .data import scan_input
-from .errors import DataError, ValidationError
+from .errors import ResultsError, ValidationError
+from .files import atomic_path, file_sha256
+from .jpeg import DecodeError, decode_rgb
 from .submission import ZIP_PREFIX, ResultSource
-from .utils import file_sha256, natural_key
 
 __all__ = ["PackSummary", "validate", "pack", "check_zip"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold; keeps archives reproducible
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key that puts 2.jpg before 10.jpg."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 @dataclass(frozen=True)
@@ -67,22 +71,25 @@ def validate(results: Path, input_dir: Path) -> list[str]:
     for row in inputs.rows:
         if row.image_id not in present:
             continue
-        data = src.read(row.image_id)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                fmt, size, mode = im.format, im.size, im.mode
-                im.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            data = src.read(row.image_id)
+        except ResultsError as e:  # a damaged zip entry, an unreadable file
+            problems.append(str(e))
+            continue
+        try:
+            image, fmt, note = decode_rgb(data)
+        except DecodeError as e:
             problems.append(f"{row.image_id}: not a decodable JPEG ({e})")
             continue
         if fmt != "JPEG":
             problems.append(f"{row.image_id}: format {fmt}, not JPEG")
+        h, w = image.shape[-2:]
         with Image.open(inputs.images_dir / row.image_id) as orig:
-            if size != orig.size:
-                problems.append(f"{row.image_id}: size {size[0]}x{size[1]}, "
+            if (w, h) != orig.size:
+                problems.append(f"{row.image_id}: size {w}x{h}, "
                                 f"original is {orig.size[0]}x{orig.size[1]}")
-        if mode != "RGB":
-            problems.append(f"{row.image_id}: mode {mode}, not RGB")
+        if note is not None:
+            problems.append(f"{row.image_id}: {note.replace(' converted to RGB', '')}, not RGB")
     return problems
 
 
@@ -101,15 +108,14 @@ def pack(results_dir: Path, input_dir: Path, output: Path) -> PackSummary:
     """
     results_dir, output = Path(results_dir), Path(output)
     if not results_dir.is_dir():
-        raise DataError(f"{results_dir} is not a folder of results")
+        raise ResultsError(f"{results_dir} is not a folder of results")
     problems = validate(results_dir, input_dir)
     if problems:
         raise ValidationError(f"{results_dir} is not a valid submission "
                               f"({len(problems)} problem(s)); nothing written:", problems)
     inputs = scan_input(Path(input_dir))
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
-    try:
+    with atomic_path(output) as tmp:
         # JPEG does not deflate: storing is as small and much faster.
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             dir_info = zipfile.ZipInfo(ZIP_PREFIX, date_time=_EPOCH)
@@ -119,12 +125,6 @@ def pack(results_dir: Path, input_dir: Path, output: Path) -> PackSummary:
                 info = zipfile.ZipInfo(ZIP_PREFIX + image_id, date_time=_EPOCH)
                 info.external_attr = 0o100644 << 16
                 z.writestr(info, (results_dir / image_id).read_bytes())
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return _summary(output)
 
 
@@ -135,9 +135,7 @@ def check_zip(path: Path, input_dir: Path) -> PackSummary:
         ValidationError: with every problem found.
     """
     path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a zip file")
-    problems = validate(path, input_dir)
+    problems = validate(path, input_dir)  # a damaged or truncated zip raises ResultsError
     if problems:
         raise ValidationError(f"{path} is not a valid submission ({len(problems)} problem(s)):",
                               problems)

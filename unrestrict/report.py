@@ -103,7 +103,7 @@ def _card(im: ImageScore, models: list[str], names: list[str]) -> dict[str, Any]
         "fooled": sum(im.fooled), "n_models": len(models),
         "orig_src": f"thumbs/{stem}.orig.jpg", "adv_src": f"thumbs/{stem}.adv.jpg",
         "orig_href": f"full/orig/{stem}", "adv_href": f"full/result/{stem}",
-        "measures": [{"label": _LABELS[k], "value": f"{im.natural[k]:.2f}",
+        "measures": [{"label": _LABELS.get(k, k.replace("_", " ")), "value": f"{im.natural[k]:.2f}",
                       "over": im.natural[k] > LIMITS[k]} for k in MEASURES],
         "preds": [{"model": m, "clean": names[c], "adv": names[a], "kept": a == im.label}
                   for m, c, a in zip(models, im.clean_pred, im.adv_pred, strict=True)],
@@ -126,7 +126,7 @@ def write_report(result: ScoreResult, input_dir: Path, results_path: Path, out_d
     for d in (thumbs, full / "orig", full / "result"):
         d.mkdir(parents=True, exist_ok=True)
     names = class_names()
-    models = result.summary["eval_models"]
+    models = result.summary.eval_models
     ranked = rank_least_natural(result.images)
     worst = ranked[:top]
     failures = [im for im in ranked if not all(im.fooled)][:top]

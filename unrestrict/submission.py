@@ -1,5 +1,9 @@
 """Where results live: a folder of JPEGs (``generate``'s output) or a submission zip with
-``images/<ImageId>`` entries. Both read the exact bytes that would be submitted."""
+``images/<ImageId>`` entries. Both read the exact bytes that would be submitted.
+
+Every way a folder or a zip can be damaged (not a zip, a truncated archive, an entry whose
+bytes fail their CRC, a file that cannot be read) raises :class:`ResultsError` naming it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import os
 import zipfile
 from pathlib import Path
 
-from .data import META_DIR
-from .errors import DataError
+from .errors import ResultsError
+from .rundir import META_DIR
 
-__all__ = ["ResultSource", "open_results", "ZIP_PREFIX"]
+__all__ = ["ResultSource", "ZIP_PREFIX"]
 
 ZIP_PREFIX = "images/"
 
@@ -21,17 +25,21 @@ class ResultSource:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.is_zip = self.path.is_file()
         if not self.path.exists():
-            raise DataError(f"results {path} do not exist")
+            raise ResultsError(f"results {path} do not exist")
+        self.is_zip = self.path.is_file()
         if self.is_zip and not zipfile.is_zipfile(self.path):
-            raise DataError(f"{path} is neither a folder nor a zip file")
+            raise ResultsError(f"{path} is neither a folder nor a zip file (or the zip is "
+                               "truncated: its central directory is missing)")
         self._zip: zipfile.ZipFile | None = None
         self._pid = -1
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None or self._pid != os.getpid():
-            self._zip = zipfile.ZipFile(self.path)
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise ResultsError(f"{self.path} is a damaged zip file ({e})") from e
             self._pid = os.getpid()
         return self._zip
 
@@ -54,14 +62,22 @@ class ResultSource:
         return {n for n in self.entries() if "/" not in n}
 
     def read(self, image_id: str) -> bytes:
-        if self.is_zip:
-            return self._archive().read(ZIP_PREFIX + image_id)
-        return (self.path / image_id).read_bytes()
+        """The bytes of one result.
+
+        Raises:
+            ResultsError: missing, unreadable, or (in a zip) damaged.
+        """
+        where = f"{self.path}{'!' + ZIP_PREFIX if self.is_zip else '/'}{image_id}"
+        try:
+            if self.is_zip:
+                return self._archive().read(ZIP_PREFIX + image_id)
+            return (self.path / image_id).read_bytes()
+        except KeyError:
+            raise ResultsError(f"{where} is missing") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+            # A CRC mismatch, a truncated entry, a bad compression stream, an I/O error.
+            raise ResultsError(f"{where} cannot be read ({e})") from e
 
     def run_dir(self) -> Path | None:
         """The folder holding a generate run's metadata, if these results have one."""
         return self.path if not self.is_zip and (self.path / META_DIR).is_dir() else None
-
-
-def open_results(path: Path) -> ResultSource:
-    return ResultSource(path)

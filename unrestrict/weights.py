@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsUnavailableError
-from .utils import file_sha256
+from .files import file_sha256
 
 __all__ = [
     "WEIGHT_FILES",

@@ -7,13 +7,15 @@ talks to. Its parameters are one flat dict keyed ``"family.param"``; every tenso
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..utils import check_images
+from ..contract import check_images
+from ..errors import ConfigError
 from . import color, geometry, pixel, style, texture  # noqa: F401  (registers the families)
 from .base import FAMILIES, FAMILY_ORDER, Family, ParamSpec, create_family, register_family
 
@@ -26,6 +28,7 @@ __all__ = [
     "Family",
     "ParamSpec",
     "compose",
+    "parse_family_options",
     "create_family",
     "register_family",
 ]
@@ -45,10 +48,10 @@ class Composite:
     def __init__(self, families: Sequence[Family]) -> None:
         names = [f.name for f in families]
         if len(set(names)) != len(names):
-            raise ValueError(f"family listed twice: {names}")
+            raise ConfigError(f"family listed twice: {names}")
         if not families:
-            raise ValueError("at least one perturbation family is needed")
-        self.families = sorted(families, key=lambda f: FAMILY_ORDER.index(f.name))
+            raise ConfigError("at least one perturbation family is needed")
+        self.families = sorted(families, key=lambda f: f.order)
 
     @property
     def names(self) -> list[str]:
@@ -64,6 +67,10 @@ class Composite:
             for f in self.families
             for k, s in f.param_specs(height, width).items()
         }
+
+    def param_count(self, height: int, width: int) -> int:
+        """Numbers per image in the parameters for images of this size."""
+        return sum(math.prod(s.shape) for s in self.specs(height, width).values())
 
     def init_params(self, x: Tensor) -> Params:
         """Identity parameters for the batch ``x``, on its device, in float32.
@@ -176,6 +183,23 @@ class Composite:
         return {f.name: asdict(f.config) for f in self.families}
 
 
+def parse_family_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["texture.fine=2.4", ...]`` -> ``{"texture": {"fine": "2.4"}}`` (typed later, by
+    :func:`create_family`).
+
+    Raises:
+        ConfigError: an item not of the form FAMILY.OPTION=VALUE.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        fam, dot, name = key.partition(".")
+        if not (eq and dot and fam.strip() and name.strip()):
+            raise ConfigError(f"--set expects FAMILY.OPTION=VALUE, got {item!r}")
+        out.setdefault(fam.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
 def compose(
     names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Composite:
@@ -183,5 +207,5 @@ def compose(
     options = options or {}
     stray = set(options) - set(names)
     if stray:
-        raise ValueError(f"options given for families not selected: {sorted(stray)}")
+        raise ConfigError(f"options given for families not selected: {sorted(stray)}")
     return Composite([create_family(n, options.get(n)) for n in names])

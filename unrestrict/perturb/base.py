@@ -28,6 +28,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 __all__ = [
     "ParamSpec",
     "Family",
@@ -67,6 +69,11 @@ class Family(ABC):
     prepare_on_original: ClassVar[bool] = False
     # It moves pixels (a warp): constants of the original no longer line up after it.
     moves_pixels: ClassVar[bool] = False
+    # Place in a composite, lowest first: texture (its visibility map is the original's, and a
+    # warp after it carries the change along with the content), geometry (it moves pixels),
+    # local style, the global colour grade (local edits before the final grade, as an editor
+    # works), the pixel baseline on top.
+    order: ClassVar[float]
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -120,25 +127,18 @@ class Family(ABC):
 
 
 FAMILIES: dict[str, type[Family]] = {}
-# Composition order: geometry first (it moves pixels), then local style, then the global
-# colour grade (as a photo editor's local edits come before the final grade), then the
-# pixel-level baseline on top. Style before colour also makes the default's first family the
-# one with input-only work to share across steps (its detail layer, see Family.prepare).
-# Geometry stays first even though style then recomputes that layer at every step: placed
-# after colour, its resampling needs the gradient for its input image too, and bicubic
-# grid_sample's backward to the image cost ~5x its backward to the grid alone (CPU profile,
-# colour+style+geometry at batch 4: 26 against 5 ms per step), more than the filter saves.
-# Texture comes first: its visibility map is the original's, and a warp after it carries the
-# change along with the content it hides in.
-FAMILY_ORDER: tuple[str, ...] = ("texture", "geometry", "style", "color", "pixel")
+# Registered names sorted by their ``order``: the order in which a composite applies them.
+FAMILY_ORDER: list[str] = []
 
 F_ = TypeVar("F_", bound=type[Family])
 
 
 def register_family(cls: F_) -> F_:
-    if cls.name not in FAMILY_ORDER:
-        raise ValueError(f"family {cls.name!r} has no place in FAMILY_ORDER")
+    """Make a family available by its ``name``, placed in :data:`FAMILY_ORDER` by its ``order``."""
+    if cls.name in FAMILIES and FAMILIES[cls.name] is not cls:
+        raise ValueError(f"a family named {cls.name!r} is already registered")
     FAMILIES[cls.name] = cls
+    FAMILY_ORDER[:] = sorted(FAMILIES, key=lambda n: FAMILIES[n].order)
     return cls
 
 
@@ -149,17 +149,22 @@ def create_family(name: str, options: Mapping[str, Any] | None = None) -> Family
         ValueError: unknown family or option (the message lists the valid ones).
     """
     if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; choose from {', '.join(FAMILY_ORDER)}")
+        raise ConfigError(f"unknown family {name!r}; choose from {', '.join(FAMILY_ORDER)}")
     cls = FAMILIES[name]
     options = dict(options or {})
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     unknown = set(options) - set(fields)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {sorted(unknown)} for family {name!r}; valid: {sorted(fields)}"
         )
-    typed = {k: _coerce(fields[k].type, v) for k, v in options.items()}
-    return cls(cls.Config(**typed))
+    try:
+        typed = {k: _coerce(fields[k].type, v) for k, v in options.items()}
+        return cls(cls.Config(**typed))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"family {name!r}: {e}") from e
 
 
 def _coerce(annotation: Any, value: Any) -> Any:
@@ -177,7 +182,7 @@ def _to_bool(v: Any) -> bool:
             return True
         if v.lower() in {"0", "false", "no", "off"}:
             return False
-        raise ValueError(f"not a boolean: {v!r}")
+        raise ConfigError(f"not a boolean: {v!r}")
     return bool(v)
 
 

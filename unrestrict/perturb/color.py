@@ -255,6 +255,7 @@ class ColorConfig:
 @register_family
 class ColorFamily(Family):
     name = "color"
+    order = 40
     resolution_free = True
     Config = ColorConfig
     config: ColorConfig

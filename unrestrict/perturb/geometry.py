@@ -166,6 +166,7 @@ class GeometryConfig:
 @register_family
 class GeometryFamily(Family):
     name = "geometry"
+    order = 20
     resolution_free = True
     moves_pixels = True
     Config = GeometryConfig

@@ -24,6 +24,7 @@ class PixelConfig:
 @register_family
 class PixelFamily(Family):
     name = "pixel"
+    order = 50
     resolution_free = False
     Config = PixelConfig
     config: PixelConfig

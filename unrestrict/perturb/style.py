@@ -218,6 +218,7 @@ class StyleConfig:
 @register_family
 class StyleFamily(Family):
     name = "style"
+    order = 30
     resolution_free = True
     prepare_on_original = True
     Config = StyleConfig

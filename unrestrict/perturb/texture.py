@@ -3,11 +3,11 @@
 Contrast masking is frequency specific: a change hides among details of its own scale and
 shows anywhere else (grain on a sky, or on a blurred background that has contrast but no fine
 detail). So the change is built per band. Each band has a coarse parameter grid (stride 2 for
-the fine band, 4 for the mid band: scales the classifiers still see after resizing to their
-input), upsampled bilinearly and multiplied by that band's *visibility map* of the original,
-computed once per image by :func:`visibility`. Bilinear never leaves the range of the grid's
-values (bicubic overshoots by up to ~1.9x on a sign-step checkerboard), so the bound below is
-exact. The map is
+the fine band, 4 for the mid band, 8 for the coarse one), high-passed on itself, upsampled
+with a cubic B-spline and multiplied by that band's *visibility map* of the original,
+computed once per image by :func:`visibility`. B-spline weights are non-negative and sum to
+one (bicubic's are not, and overshoot by up to ~1.9x on a sign-step checkerboard), so the
+bound below is exact. The map is
 
 * the local RMS of the original's own band (a difference of Gaussians of its luminance);
 * taken at two pooling scales, keeping the smaller: texture fills both windows, an isolated
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Family, ParamSpec, clamp_unit, register_family, upsample_field
 
 __all__ = ["TextureFamily", "TextureConfig", "visibility", "BANDS"]
@@ -131,6 +132,7 @@ class TextureConfig:
 @register_family
 class TextureFamily(Family):
     name = "texture"
+    order = 10
     resolution_free = False
     prepare_on_original = True
     Config = TextureConfig
@@ -139,7 +141,7 @@ class TextureFamily(Family):
     def __init__(self, config: TextureConfig | None = None) -> None:
         super().__init__(config)
         if self.config.channels not in ("luma", "rgb"):
-            raise ValueError(f"texture channels must be 'luma' or 'rgb', got "
+            raise ConfigError(f"texture channels must be 'luma' or 'rgb', got "
                              f"{self.config.channels!r}")
 
     def _bands(self) -> list[tuple[int, str, int, float]]:
