@@ -25,7 +25,7 @@ from unrestrict.metrics import LPIPS_NETS, LpipsMetric
 
 
 def _load(folder: Path, names: list[str]) -> torch.Tensor:
-    return torch.stack([load_rgb(folder / n)[0] for n in names]).float() / 255
+    return torch.stack([load_rgb(folder / n) for n in names]).float() / 255
 
 
 def main() -> None:

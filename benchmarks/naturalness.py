@@ -19,14 +19,14 @@ import torch
 
 from _common import SAMPLE, command_line, device_line, write_result
 from unrestrict.data import load_rgb, read_dev_csv
-from unrestrict.jpeg import decode_jpeg, encode_jpeg
+from unrestrict.jpeg import decode_rgb, encode_jpeg
 from unrestrict.naturalness import LIMITS, MEASURES, naturalness
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _jpeg(q: int) -> Edit:
-    return lambda x: torch.stack([decode_jpeg(encode_jpeg(i, q)) for i in x]).float() / 255
+    return lambda x: torch.stack([decode_rgb(encode_jpeg(i, q))[0] for i in x]).float() / 255
 
 
 def _noise(amp: float) -> Edit:
@@ -64,13 +64,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.parse_args()
     rows_csv, _ = read_dev_csv(SAMPLE / "dev.csv")
-    x = torch.stack([load_rgb(SAMPLE / "images" / r.image_id)[0] for r in rows_csv]).float() / 255
+    x = torch.stack([load_rgb(SAMPLE / "images" / r.image_id) for r in rows_csv]).float() / 255
     rows = []
     for name, (edit, then_jpeg) in EDITS.items():
         y = edit(x)
         if then_jpeg:
             y = _jpeg(95)(y)
-        per = [naturalness(x[i:i + 4], y[i:i + 4]).rows() for i in range(0, len(x), 4)]
+        per = [naturalness(x[i:i + 4], y[i:i + 4]) for i in range(0, len(x), 4)]
         flat = [r for chunk in per for r in chunk]
         means = {k: sum(r[k] for r in flat) / len(flat) for k in MEASURES}
         within = sum(all(r[k] <= LIMITS[k] for k in MEASURES) for r in flat) / len(flat)

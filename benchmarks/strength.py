@@ -51,29 +51,66 @@ PROTOCOLS = {
         "on efficientnet_lite2, the attack model's own family (flatters transfer)."),
 }
 DEFAULT_CONFIG = "natural"
+_TEX = ("--set", "texture.fine={}", "--set", "texture.mid={}", "--set", "texture.coarse={}")
+
+
+def _texture_budget(scale: float) -> list[str]:
+    """The default texture bounds times ``scale``: one point of the frontier."""
+    f, m, c = (round(v * scale, 3) for v in (3.2, 6.4, 6.4))
+    return [a.format(v) for a, v in zip(_TEX, (None, f, None, m, None, c), strict=True)]
+
+
 CONFIGS: dict[str, list[str]] = {
     "baseline": ["--preset", "baseline"],
-    "color": ["--family", "color"],
-    "style": ["--family", "style"],
-    "geometry": ["--family", "geometry"],
     "natural": [],
-    "natural+geometry": ["--family", "color,style,geometry"],
-    "natural, full budget": ["--stages", "1", "--steps", "40", "--refine", "0"],
+    "baseline, seed 1": ["--preset", "baseline", "--seed", "1"],
+    "natural, seed 1": ["--seed", "1"],
+    "natural, seed 2": ["--seed", "2"],
+    "natural, texture x0.5": _texture_budget(0.5),
+    "natural, texture x1.5": _texture_budget(1.5),
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
+    "natural, full budget": ["--stages", "1", "--steps", "80", "--refine", "0"],
+    "texture": ["--family", "texture"],
+    "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
+    "color": ["--family", "color"],
+    "natural, 2 copies": ["--copies", "2"],
+    "natural, 2 copies di+scale": ["--copies", "2", "--augment", "di,scale"],
+    "natural, 2 copies di+blocks": ["--copies", "2", "--augment", "di,blocks"],
+    "natural, spectrum": ["--augment", "di,spectrum"],
+    "natural + style": ["--family", "texture,style,color"],
+    "natural + geometry": ["--family", "texture,geometry,color"],
+    "old natural (color+style, pre-redesign bounds)": [
+        "--family", "color,style", "--steps", "25", "--val-margin", "2",
+        "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
+        "--set", "color.saturation=0.25", "--set", "color.hue=0.06", "--set", "color.gamma=0.15",
+        "--set", "color.curve=0.35", "--set", "color.channel_curve=0.1"],
 }
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
-    "color": "colour family alone, staged budget",
-    "style": "style family alone, staged budget",
-    "geometry": "geometry family alone, staged budget",
-    "natural": "the default preset, staged per-image budget, JPEG q95",
-    "natural+geometry": "the default plus geometry, staged budget",
-    "natural, full budget": "the default at full bounds in one stage (no minimal budget)",
+    "natural": "the default preset: texture + mild global grade, staged per-image budget",
+    "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
+    "natural, seed 1": "the default with another seed: how far chance alone moves a row",
+    "natural, seed 2": "the default with a third seed",
+    "natural, texture x0.5": "the default with half the texture bounds",
+    "natural, texture x1.5": "the default with 1.5x the texture bounds",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
                                           "keep the smallest stage that fooled the attack model",
+    "natural, full budget": "the default families at full bounds, one stage of 80 steps",
+    "texture": "texture family alone, staged",
+    "texture, RGB": "texture family alone, changing R, G and B independently",
+    "color": "colour family alone (mild global grade), staged",
+    "natural, 2 copies": "the default with 2 DI copies per step (2 passes a step)",
+    "natural, 2 copies di+scale": "2 copies per step, each DI then an intensity scale 2^-k",
+    "natural, 2 copies di+blocks": "2 copies per step, each DI then a 2x2 block shuffle",
+    "natural, spectrum": "one copy per step, DI then spectrum simulation (SSA-like)",
+    "natural + style": "the default plus the style family (spatial colour fields, dodge and "
+                       "burn, detail blend)",
+    "natural + geometry": "the default plus the geometry family",
+    "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
+                                                      "(with per-channel curves) + style",
 }
 NATURAL_KEYS = ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
                 "detail_excess_p95", "within_limits", "natural_success")
