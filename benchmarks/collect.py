@@ -89,6 +89,12 @@ def readme_summary() -> str:
                               for r in fold)
             lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
                          f"{'/'.join(str(r['batch']) for r in fold)}) | {pairs} | |")
+        alone = [r for r in step if r["family"] == "raw pass, images one by one"]
+        if alone:
+            lines.append("| raw ensemble fwd+bwd, images one by one / batched (CPU, batch "
+                         f"{'/'.join(str(r['batch']) for r in alone)}; the price of "
+                         "batch-independent bytes) | "
+                         + "; ".join(f"{r['ratio']:.2f}x" for r in alone) + " | |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]
@@ -124,6 +130,43 @@ def quickstart_sentence() -> str:
             "naturalness limit. See [benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
 
+def failure_policy_table() -> str:
+    """The --on-failure trade-off as measured (cross-arch protocol, sample set)."""
+    doc = _load("strength-cross-arch-sample")
+    by = {r["config"]: r for r in doc["rows"]} if doc else {}
+    policies = (("strongest", "natural"), ("ensemble", "natural, failures ensemble-minimal"),
+                ("original", "natural, failures unchanged"))
+    if not all(c in by for _, c in policies):
+        return ""
+    m = doc["meta"]["eval_models"][0]
+    n = doc["meta"]["n_images"]
+    out = [f"Measured (`benchmarks/strength.py`, cross-arch protocol, sample set of {n} images; "
+           f"held out: {m}):\n",
+           f"| `--on-failure` | fooled {m} | LPIPS | colour drift | flat noise | added detail "
+           "| within every limit | fooled every eval model and within limits |",
+           "|---|---|---|---|---|---|---|---|"]
+    for policy, config in policies:
+        r = by[config]
+        out.append(f"| `{policy}` | {r['asr_per_model'][m] * n:.0f} | {r['lpips']:.3f} | "
+                   f"{r['color_drift']:.2f} | {r['flat_noise']:.2f} | "
+                   f"{r['detail_excess']:.2f} | {r['within_limits'] * n:.0f} | "
+                   f"{r['natural_success'] * n:.0f} |")
+    return "\n".join(out)
+
+
+def lpips_cost_sentence() -> str:
+    doc = _load("lpips_cost-cpu")
+    if not doc:
+        return ""
+    t = {r["net"]: r["ms_per_pair"] for r in doc["timing"]}
+    text = (f"Measured (`benchmarks/lpips_cost.py`, 2-core CPU, 500x500): AlexNet "
+            f"{t['alex']:.0f} ms per pair, VGG {t['vgg']:.0f} ms ({t['vgg'] / t['alex']:.1f}x)")
+    if doc["means"]:
+        pairs = "; ".join(f"{r['results']} {r['alex']:.3f} vs {r['vgg']:.3f}" for r in doc["means"])
+        text += f"; mean LPIPS alex vs vgg on the sample set: {pairs}"
+    return text + ". The default stays AlexNet for its cost; add `vgg` when it matters."
+
+
 def _fill(text: str, name: str, body: str) -> str:
     block = f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->"
     return re.sub(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", lambda m: block, text,
@@ -133,6 +176,8 @@ def _fill(text: str, name: str, body: str) -> str:
 def update_readme() -> None:
     readme = ROOT / "README.md"
     text = _fill(readme.read_text(), "results", readme_summary())
+    text = _fill(text, "failure-policy", failure_policy_table())
+    text = _fill(text, "lpips-cost", lpips_cost_sentence())
     readme.write_text(_fill(text, "quickstart", quickstart_sentence()))
 
 

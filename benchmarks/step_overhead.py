@@ -79,7 +79,7 @@ def main() -> None:
     device = torch.device(args.device)
     ens = create_ensemble(MODELS, device)
     unfolded = create_ensemble(MODELS, device, fold_bn=False)
-    rows, fold_rows = [], []
+    rows, fold_rows, alone_rows = [], [], []
     for b in (int(v) for v in args.batch_sizes.split(",")):
         gen = torch.Generator().manual_seed(0)
         full = torch.rand(b, 3, 500, 500, generator=gen).to(device)
@@ -97,6 +97,20 @@ def main() -> None:
                           "ratio": statistics.median(tu) / statistics.median(tf)})
         print(f"b={b:>3} raw pass: BN folded {fold_rows[-1]['folded_s'] * 1e3:7.1f} ms, "
               f"not folded {fold_rows[-1]['unfolded_s'] * 1e3:7.1f} ms", flush=True)
+        # What byte-identical results cost on the CPU: generate attacks each image alone
+        # there, so a batch's passes become one pass per image.
+        def one_by_one(x=x, y=y):
+            for i in range(len(x)):
+                raw_step(ens, x[i:i + 1], y[i:i + 1])
+
+        tb_, ta_ = timed_pair(functools.partial(raw_step, ens, x, y), one_by_one, args.repeats,
+                              device)
+        alone_rows.append({"batch": b, "family": "raw pass, images one by one",
+                           "work_size": x.shape[-1], "batched_s": statistics.median(tb_),
+                           "alone_s": statistics.median(ta_),
+                           "ratio": statistics.median(ta_) / statistics.median(tb_)})
+        print(f"b={b:>3} raw pass: batched {alone_rows[-1]['batched_s'] * 1e3:7.1f} ms, one by "
+              f"one {alone_rows[-1]['alone_s'] * 1e3:7.1f} ms", flush=True)
         for name, cfg in SETTINGS.items():
             attack = Attack(cfg, ens, device=device)
             ws = attack.work_size()
@@ -152,8 +166,15 @@ def main() -> None:
            "|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['work_size']} | {r['folded_s'] * 1e3:.1f} | "
            f"{r['unfolded_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
+    md += ["", "Raw pass on a whole batch against the same images one at a time (what "
+           "`generate` does on the CPU, so that a result's bytes do not depend on its batch), "
+           "measured alternately in the same way:\n",
+           "| batch | working size | batched (ms) | one by one (ms) | one by one / batched |",
+           "|---|---|---|---|---|"]
+    md += [f"| {r['batch']} | {r['work_size']} | {r['batched_s'] * 1e3:.1f} | "
+           f"{r['alone_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in alone_rows]
     tag = "step_overhead-" + ("gpu" if device.type == "cuda" else "cpu")
-    print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows)}")
+    print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows + alone_rows)}")
 
 
 if __name__ == "__main__":
