@@ -3,9 +3,8 @@
 A frozen classifier's BatchNorm is a per-channel affine map, so it can be absorbed into the
 preceding convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``). The
 function is unchanged (exactly, up to float rounding), but every BN costs a full pass over its
-activations forward and another backward, and an attack runs both at every step: on the
-2-core CPU, folding took efficientnet_lite0 + mobilenet_v2's forward+backward (batch 4) from
-171 to 137 ms (benchmarks/RESULTS.md, step overhead).
+activations forward and another backward, and an attack runs both at every step (what
+folding saves is measured by benchmarks/step_overhead.py).
 
 ``torch.fx.experimental.optimization.fuse`` does the same for plain ``nn.BatchNorm2d``, but
 matches exact types, so timm's ``BatchNormAct2d`` (BN plus activation in one module, used by

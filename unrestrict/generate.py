@@ -138,10 +138,6 @@ class GenerateSummary:
 
     validated: bool = True  # validation models judged the results
 
-    @property
-    def val_success_rate(self) -> float:
-        return self.val_success / self.written if self.written else float("nan")
-
     def __str__(self) -> str:
         shard = f" (shard {self.rank}/{self.world})" if self.world > 1 else ""
         val = (f"fooled validation models {self.val_success}/{self.written}, " if self.validated

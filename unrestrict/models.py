@@ -408,7 +408,7 @@ def create_classifier(
     """Build a registered classifier with its weights, in eval mode, frozen.
 
     ``fold_bn``: fold BatchNorm into the convolutions before it (:func:`fold_batchnorm`): the
-    same function, with the attack ensemble's forward+backward on the CPU about 20% faster.
+    same function with fewer passes over the activations (see benchmarks/step_overhead.py).
     """
     entry = get_model_entry(name)
     model = entry.build()
@@ -416,8 +416,7 @@ def create_classifier(
         model = fold_batchnorm(model)
     clf = Classifier(model, entry.preprocess, entry.name)
     # channels_last weights let oneDNN/cuDNN pick their fast convolution kernels; inputs may
-    # stay NCHW. On the 2-core CPU an attack step through efficientnet_lite0 + mobilenet_v2
-    # (batch 16, forward + backward) went from 768 to about 600 ms.
+    # stay NCHW.
     clf = clf.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     return clf.eval().requires_grad_(False)
 

@@ -149,9 +149,6 @@ class Composite:
         h, w = (p.shape[-2], p.shape[-1]) if p.ndim >= 3 else (1, 1)
         return self._family(key).param_specs(h, w)[key.partition(".")[2]].bound
 
-    def bounds(self, params: Mapping[str, Tensor]) -> dict[str, float]:
-        return {k: self._bound(k, p) for k, p in params.items()}
-
     def limits(self, params: Mapping[str, Tensor], level: Tensor) -> dict[str, Tensor]:
         """Per-image box half-widths at budget ``level`` (B,): ``bound * level ** power``,
         shaped to broadcast against each parameter."""
@@ -176,11 +173,6 @@ class Composite:
             for k, p in params.items()
         ]
         return torch.stack(sizes).amax(0)
-
-    def to_config(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {f.name: asdict(f.config) for f in self.families}
 
 
 def parse_family_options(items: Sequence[str]) -> dict[str, dict[str, str]]:

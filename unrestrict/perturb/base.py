@@ -190,8 +190,7 @@ class _ClampUnit(torch.autograd.Function):
     """``x.clamp(0, 1)`` with the same gradient, computed in one pass.
 
     Autograd's clamp backward builds its mask from two comparisons, a logical and and a
-    ``where``, through boolean tensors that are slow on the CPU: forward and backward took
-    6.8 ms at batch 16 and 224 px (2 threads), against 2.0 ms with ``hardtanh_backward``, one
+    ``where``, through boolean tensors that are slow on the CPU; ``hardtanh_backward`` is one
     float pass. Every family ends with this clamp, so that is paid once per family per step.
     ``hardtanh_backward`` passes the gradient where ``0 < x < 1``, exactly as clamp's backward
     does (values at exactly 0 or 1 get none from either).
@@ -218,8 +217,7 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
     The loop needs the same small constants (interpolation matrices, colour-space bases) at
     every step; building them is a handful of tiny ops each, and dispatch is a visible share
-    of a CPU step at small batches (colour+style forward+backward at batch 4 took ~3 ms on
-    8x8 images against ~14 ms at 224 px). Built outside inference mode, so a tensor
+    of a CPU step at small batches. Built outside inference mode, so a tensor
     first made under ``torch.inference_mode`` can still be used where gradients are recorded.
     Callers must not modify the result in place.
     """
@@ -285,8 +283,7 @@ def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic")
     cols = interpolation_weights(grid.shape[-1], width, grid.device, grid.dtype, mode)
     # Columns first: the same products in the other order, but the full-size result then
     # comes from one batched product with the row matrix instead of one tall product with
-    # a K of 4, which was half as fast on the CPU (12 channels from a 4x4 grid, batch 16,
-    # 224 px: 5.3 -> 2.7 ms; never slower at the sizes tried: 224 to 500 px, batch 1 to 16).
+    # a K of 4, which is slower on the CPU.
     return torch.matmul(rows, torch.matmul(grid, cols.t()))
 
 
