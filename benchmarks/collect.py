@@ -16,7 +16,7 @@ import re
 from _common import RESULTS, ROOT
 
 ORDER = ["strength-cross-arch-sample", "strength-cross-arch-derived", "strength-same-family",
-         "naturalness", "step_overhead", "memory", "score_speed", "lpips_cost"]
+         "naturalness", "step_overhead", "memory", "prescan", "score_speed", "lpips_cost"]
 HEADER = """# Benchmark results
 
 Produced by the scripts in this folder; each table below was written by the script named in
@@ -40,10 +40,12 @@ def _load(stem: str):
 def readme_summary() -> str:
     """A short table for the README, built from the JSON the scripts wrote."""
     lines = ["| measurement | result | target |", "|---|---|---|"]
-    for stem, label in (("strength-cross-arch-sample", "cross-arch, sample set"),
-                        ("strength-cross-arch-derived-160", "cross-arch, derived set"),
-                        ("strength-same-family-sample", "same-family, sample set"),
-                        ("strength-same-family-derived-160", "same-family, derived set")):
+    derived = sorted(p.stem for p in RESULTS.glob("strength-*-derived-*.json"))
+    sets = [("strength-cross-arch-sample", "cross-arch, sample set"),
+            *((s, "cross-arch, derived set") for s in derived if "cross-arch" in s),
+            ("strength-same-family-sample", "same-family, sample set"),
+            *((s, "same-family, derived set") for s in derived if "same-family" in s)]
+    for stem, label in sets:
         doc = _load(stem)
         if not doc:
             continue
