@@ -14,8 +14,9 @@ Two protocols:
     python benchmarks/strength.py --only baseline,natural --input benchmarks/work/derived-160
     python benchmarks/strength.py --config "mine=--family color --val-margin 2"
 
-The default configuration's results on the input also go into a before/after contact sheet,
-``results/contact-<tag>.jpg``, so the look can be judged without running anything.
+The default configuration's results on the sample set (cross-arch) also go into a before/after
+contact sheet, ``results/contact-<tag>.jpg``, so the look can be judged without running
+anything.
 """
 
 from __future__ import annotations
@@ -133,6 +134,12 @@ def _mean_passes(out: Path) -> float | None:
     return sum(passes) / len(passes) if passes else None
 
 
+def _sheet_wanted(input_dir: Path, protocol: str) -> bool:
+    """One committed sheet: the default on the sample set under the cross-arch protocol (the
+    derived set's would be megabytes of the same photos)."""
+    return input_dir.resolve() == SAMPLE.resolve() and protocol == "cross-arch"
+
+
 def contact_sheet(input_dir: Path, out: Path, per_image: Path, path: Path,
                   thumb: int = 200) -> None:
     """Every result beside its original, small, as one JPEG to commit."""
@@ -230,7 +237,7 @@ def main() -> None:
               f"{row['flat_noise']:.2f}  detail {row['detail_excess']:.3f}/"
               f"{row['detail_excess_p95']:.3f}  passes {row['passes_per_image']}  "
               f"{row['seconds_per_image']:.2f} s/img", flush=True)
-        if name == DEFAULT_CONFIG:
+        if name == DEFAULT_CONFIG and _sheet_wanted(args.input, args.protocol):
             contact_sheet(args.input, out, per_image,
                           ROOT / "benchmarks" / "results" / f"contact-{tag}.jpg")
 
@@ -311,7 +318,7 @@ def render(meta: dict, rows: list[dict]) -> str:
     if measured_by:
         md.append(f"\nThe baseline row is reused from an earlier run on the same input "
                   f"(`--baseline-from`): {measured_by[0]}.")
-    if any(r["config"] == DEFAULT_CONFIG for r in rows):
+    if (ROOT / "benchmarks" / "results" / f"contact-{meta['tag']}.jpg").is_file():
         md.append(f"\nBefore/after contact sheet of `{DEFAULT_CONFIG}`: "
                   f"[contact-{meta['tag']}.jpg](results/contact-{meta['tag']}.jpg).")
     md.append("\nGenerate commands (each followed by `unrestrict score INPUT OUT --eval-models "
