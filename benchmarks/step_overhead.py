@@ -89,28 +89,24 @@ def main() -> None:
         # the folded, faster raw pass.
         x = torch.nn.functional.interpolate(full, size=(ens.max_input_size,) * 2,
                                             mode="bicubic", antialias=True).clamp(0, 1)
-        tf, tu = timed_pair(functools.partial(raw_step, ens, x, y),
-                            functools.partial(raw_step, unfolded, x, y), args.repeats, device)
-        fold_rows.append({"batch": b, "family": "raw pass, BatchNorm not folded",
-                          "work_size": x.shape[-1], "folded_s": statistics.median(tf),
-                          "unfolded_s": statistics.median(tu),
-                          "ratio": statistics.median(tu) / statistics.median(tf)})
-        print(f"b={b:>3} raw pass: BN folded {fold_rows[-1]['folded_s'] * 1e3:7.1f} ms, "
-              f"not folded {fold_rows[-1]['unfolded_s'] * 1e3:7.1f} ms", flush=True)
-        # What byte-identical results cost on the CPU: generate attacks each image alone
-        # there, so a batch's passes become one pass per image.
-        def one_by_one(x=x, y=y):
+        batched = functools.partial(raw_step, ens, x, y)
+
+        def one_by_one(x=x, y=y):  # what generate does on the CPU, for batch-free bytes
             for i in range(len(x)):
                 raw_step(ens, x[i:i + 1], y[i:i + 1])
 
-        tb_, ta_ = timed_pair(functools.partial(raw_step, ens, x, y), one_by_one, args.repeats,
-                              device)
-        alone_rows.append({"batch": b, "family": "raw pass, images one by one",
-                           "work_size": x.shape[-1], "batched_s": statistics.median(tb_),
-                           "alone_s": statistics.median(ta_),
-                           "ratio": statistics.median(ta_) / statistics.median(tb_)})
-        print(f"b={b:>3} raw pass: batched {alone_rows[-1]['batched_s'] * 1e3:7.1f} ms, one by "
-              f"one {alone_rows[-1]['alone_s'] * 1e3:7.1f} ms", flush=True)
+        for label, (ka, kb), other in (
+            ("raw pass, BatchNorm not folded", ("folded_s", "unfolded_s"),
+             functools.partial(raw_step, unfolded, x, y)),
+            ("raw pass, images one by one", ("batched_s", "alone_s"), one_by_one),
+        ):
+            ta, tb = timed_pair(batched, other, args.repeats, device)
+            row = {"batch": b, "family": label, "work_size": x.shape[-1],
+                   ka: statistics.median(ta), kb: statistics.median(tb),
+                   "ratio": statistics.median(tb) / statistics.median(ta)}
+            (fold_rows if ka == "folded_s" else alone_rows).append(row)
+            print(f"b={b:>3} {label}: {ka[:-2]} {row[ka] * 1e3:7.1f} ms, {kb[:-2]} "
+                  f"{row[kb] * 1e3:7.1f} ms", flush=True)
         for name, cfg in SETTINGS.items():
             attack = Attack(cfg, ens, device=device)
             ws = attack.work_size()

@@ -54,21 +54,25 @@ def sample_images() -> tuple[torch.Tensor, torch.Tensor]:
     return load_folder(SAMPLE)
 
 
+def copy_sample(dst: Path, n: int) -> Path:
+    """The first ``n`` rows of the sample set (dev.csv and images) copied into ``dst``."""
+    (dst / "images").mkdir(parents=True)
+    rows = list(csv.DictReader((SAMPLE / "dev.csv").open()))[:n]
+    with (dst / "dev.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ImageId", "TrueLabel"])
+        for r in rows:
+            w.writerow([r["ImageId"], r["TrueLabel"]])
+            shutil.copy(SAMPLE / "images" / r["ImageId"], dst / "images" / r["ImageId"])
+    return dst
+
+
 @pytest.fixture
 def sample_copy(tmp_path: Path):
     """A writable copy of the first rows of the sample set: call with the number of rows."""
 
     def make(n: int, name: str = "in") -> Path:
-        dst = tmp_path / name
-        (dst / "images").mkdir(parents=True)
-        rows = list(csv.DictReader((SAMPLE / "dev.csv").open()))[:n]
-        with (dst / "dev.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["ImageId", "TrueLabel"])
-            for r in rows:
-                w.writerow([r["ImageId"], r["TrueLabel"]])
-                shutil.copy(SAMPLE / "images" / r["ImageId"], dst / "images" / r["ImageId"])
-        return dst
+        return copy_sample(tmp_path / name, n)
 
     return make
 

@@ -70,18 +70,10 @@ def wait_for_log(log: Path, lines: int, timeout: float = 300) -> None:
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
     """Four sample rows and the reference result: one process, all four in one batch."""
-    from conftest import SAMPLE
+    from conftest import copy_sample
 
     root = tmp_path_factory.mktemp("four")
-    inp = root / "in"
-    (inp / "images").mkdir(parents=True)
-    rows = list(csv.DictReader((SAMPLE / "dev.csv").open()))[:4]
-    with (inp / "dev.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ImageId", "TrueLabel"])
-        for r in rows:
-            w.writerow([r["ImageId"], r["TrueLabel"]])
-            shutil.copy(SAMPLE / "images" / r["ImageId"], inp / "images" / r["ImageId"])
+    inp = copy_sample(root / "in", 4)
     ref = root / "ref"
     assert invoke("generate", inp, ref, *FAST, "-b", "4").exit_code == 0
     return inp, images(ref)

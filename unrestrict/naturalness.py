@@ -110,9 +110,8 @@ def global_color_fit(orig: Tensor, result: Tensor) -> Tensor:
     each image's pixels, per output channel), clipped to [0, 1]. Shape: (B, 3, H, W).
 
     The 10x10 normal equations are solved in float64 with a pseudo-inverse, so flat or grey
-    images (collinear terms) still get the minimum-norm fit. Float32 is not enough: the terms
-    are nearly collinear (condition numbers of 1e5 to 1e6 on photos), and a float32 Gram
-    matrix left spurious changes of about 2/255 in the fit.
+    images (collinear terms) still get the minimum-norm fit; the terms are nearly collinear on
+    photos, too ill-conditioned for a float32 Gram matrix.
     """
     b, _, h, w = orig.shape
     out = torch.empty_like(result)
