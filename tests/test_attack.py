@@ -84,7 +84,7 @@ def test_loop_lowers_true_class_margin(families, mobilenet, sample_images):
     cfg = AttackConfig(families=families, stages=1, steps=steps, refine=0, di_prob=0.0,
                        work_size=0 if "pixel" in families else None)
     before = margin_loss(mobilenet(x), y)
-    results = Attack(cfg, mobilenet).run(x, y, seed=0)
+    results = Attack(cfg, mobilenet).run(x, y, seeds=0)
     adv = torch.stack([r.decoded for r in results]).float() / 255
     after = margin_loss(mobilenet(adv), y)
     assert (after > before).all(), (before, after)
@@ -111,9 +111,23 @@ def test_staged_budget_stops_early_and_refines(mobilenet, sample_images):
 def test_same_seed_same_bytes(mobilenet, sample_images):
     x, y = sample_images[0][:2], sample_images[1][:2]
     cfg = AttackConfig(families=("color", "style"), stages=1, steps=2, refine=0)
-    a = Attack(cfg, mobilenet).run(x, y, seed=3)
-    b = Attack(cfg, mobilenet).run(x, y, seed=3)
+    a = Attack(cfg, mobilenet).run(x, y, seeds=3)
+    b = Attack(cfg, mobilenet).run(x, y, seeds=3)
     assert [r.jpeg for r in a] == [r.jpeg for r in b]
+
+
+def test_a_fixed_batch_makes_an_image_independent_of_its_neighbours(mobilenet, sample_images):
+    # Stages and refinement shrink the active set part-way, the case where a batch of
+    # natural size would change the convolutions' batch size under an image.
+    x, y = sample_images[0][:3], sample_images[1][:3]
+    cfg = AttackConfig(stages=2, steps=2, refine=1)
+    attack = Attack(cfg, mobilenet, val=mobilenet, fixed_batch=2)
+    together = attack.run(x, y, seeds=[11, 12, 13])
+    alone = attack.run(x[2:], y[2:], seeds=[13])
+    swapped = attack.run(x[[2, 0]], y[[2, 0]], seeds=[13, 11])
+    assert together[2].jpeg == alone[0].jpeg == swapped[0].jpeg
+    assert together[0].jpeg == swapped[1].jpeg
+    assert [r.passes for r in alone] == [together[2].passes]
 
 
 def test_bf16_autocast_runs_and_attacks(mobilenet, sample_images):

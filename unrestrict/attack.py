@@ -19,7 +19,7 @@ Per batch:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "PIXEL_BASELINE",
     "PRESETS",
     "FAILURE_POLICIES",
+    "pad_rows",
 ]
 
 LossName = Literal["margin", "ce"]
@@ -199,6 +200,12 @@ class ImageResult:
     passes: int  # forward+backward passes of the attack ensemble spent on this image
 
 
+def pad_rows(t: Tensor, size: int) -> Tensor:
+    """``t`` with its first row repeated until it has ``size`` rows."""
+    short = size - t.shape[0]
+    return t if short <= 0 else torch.cat([t, t[:1].expand(short, *t.shape[1:])])
+
+
 class Attack:
     """Runs :class:`AttackConfig` against an ensemble, checking on validation models.
 
@@ -210,6 +217,9 @@ class Attack:
         device: where everything runs; images are moved there.
         amp: mixed precision for the model forward passes.
         lpips: an LPIPS module, needed when ``config.lpips_weight > 0``.
+        fixed_batch: run every batched computation (steps, renders, judgements) on exactly
+            this many rows, padding shorter batches and subsets; on the CPU an image's bytes
+            then do not depend on which images share its batch. ``None``: natural sizes.
     """
 
     def __init__(
@@ -220,9 +230,13 @@ class Attack:
         device: torch.device | str = "cpu",
         amp: AmpMode = "none",
         lpips: nn.Module | None = None,
+        fixed_batch: int | None = None,
     ) -> None:
         if config.lpips_weight > 0 and lpips is None:
             raise ValueError("lpips_weight > 0 needs an LPIPS model")
+        if fixed_batch is not None and fixed_batch < 1:
+            raise ValueError("fixed_batch must be >= 1")
+        self.fixed_batch = fixed_batch
         self.config = config
         self.ensemble = ensemble
         self.val = val
@@ -246,19 +260,20 @@ class Attack:
         return self.config.work_size or self.ensemble.max_input_size
 
     def objective(
-        self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor, generator: torch.Generator,
-        prepared: Mapping[str, Tensor] | None = None,
+        self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor,
+        generators: Sequence[torch.Generator], prepared: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """The per-image quantity the loop maximises, (B,).
 
-        ``prepared``: ``self.composite.prepare(x_work)``, computed once per batch.
+        ``generators``: one per image, for its augmentation draws. ``prepared``:
+        ``self.composite.prepare(x_work)``, computed once per batch.
         """
         cfg = self.config
         x_adv = self.composite.apply(x_work, params, prepared)
         # Augmentations transform the models' input, as in the DI paper: at full size (the
         # pixel and texture families) that puts their resampling on a fifth of the pixels.
         x_in = self.ensemble.to_input_size(x_adv)
-        x_in = torch.cat([augment(x_in, cfg.augment, generator, self.augment_options)
+        x_in = torch.cat([augment(x_in, cfg.augment, generators, self.augment_options)
                           for _ in range(cfg.copies)])
         if cfg.blur_sigma > 0:
             k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
@@ -283,25 +298,33 @@ class Attack:
         y: Tensor,
         idx: Tensor,
         strength: Tensor,
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator],
         prepared: Mapping[str, Tensor] | None = None,
     ) -> None:
         """One momentum sign step for the images ``idx``; parameters are updated in place.
 
-        ``prepared``: ``self.composite.prepare(x_work)`` for the whole batch, or ``None``.
+        ``generators``: one per image of the whole batch. ``prepared``:
+        ``self.composite.prepare(x_work)`` for the whole batch, or ``None``.
         """
         # While every image is active (the common case) work on the tensors themselves:
         # gathering and scattering a full-size per-pixel parameter costs a copy each way.
+        # A fixed batch always passes every row and updates only the active ones.
         whole = len(idx) == x_work.shape[0]
+        run_all = whole or self.fixed_batch is not None
         sub = {
-            k: (v if whole else v[idx]).detach().requires_grad_(True) for k, v in params.items()
+            k: (v if run_all else v[idx]).detach().requires_grad_(True)
+            for k, v in params.items()
         }
-        if prepared is not None and not whole:
+        if prepared is not None and not run_all:
             prepared = {k: v[idx] for k, v in prepared.items()}
-        obj = self.objective(x_work if whole else x_work[idx], sub, y if whole else y[idx],
-                             generator, prepared)
+        obj = self.objective(x_work if run_all else x_work[idx], sub, y if run_all else y[idx],
+                             generators if run_all else [generators[i] for i in idx.tolist()],
+                             prepared)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
+        if run_all and not whole:
+            sub = {k: v[idx] for k, v in sub.items()}
+            grads = tuple(g[idx] for g in grads)
         step = self.config.effective_step_size
         limits = self.composite.limits(sub, strength if whole else strength[idx])
         with torch.no_grad():
@@ -323,41 +346,62 @@ class Attack:
                     p = p.detach() + limits[k] * step * v.sign()
                     params[k][idx] = torch.maximum(torch.minimum(p, limits[k]), -limits[k])
 
+    def pad(self, t: Tensor) -> Tensor:
+        """``t`` with rows repeated up to ``fixed_batch`` (unchanged when there is none)."""
+        return pad_rows(t, self.fixed_batch) if self.fixed_batch else t
+
     @torch.no_grad()
     def render(self, x_full: Tensor, params: Mapping[str, Tensor]) -> tuple[list[bytes], Tensor]:
         """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch)."""
-        out = self.composite.apply(x_full, params)
-        blobs = [encode_jpeg(img, self.config.jpeg_quality) for img in out]
+        n = x_full.shape[0]
+        out = self.composite.apply(self.pad(x_full), {k: self.pad(v) for k, v in params.items()})
+        blobs = [encode_jpeg(img, self.config.jpeg_quality) for img in out[:n]]
         decoded = torch.stack([decode_rgb(b)[0] for b in blobs]).to(x_full.device)
         return blobs, decoded
 
     @torch.no_grad()
     def judge(self, decoded: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(val fooled (B,) bool, min val margin (B,), ensemble fooled (B,) bool)."""
-        x = decoded.float() / 255
+        n = len(y)
+        x, y = self.pad(decoded).float() / 255, self.pad(y)
         with self._autocast():
             ens_logits = self.ensemble(x).float()
             judge = self.val if self.val is not None else self.ensemble
             each = judge.logits_each(x).float()
-        margins = torch.stack([margin_loss(z, y) for z in each]).amin(0)
-        return margins > self.config.val_margin, margins, ens_logits.argmax(1) != y
+        margins = torch.stack([margin_loss(z, y) for z in each]).amin(0)[:n]
+        return margins > self.config.val_margin, margins, (ens_logits.argmax(1) != y)[:n]
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, x: Tensor, y: Tensor, seed: int = 0) -> list[ImageResult]:
+    def run(self, x: Tensor, y: Tensor, seeds: int | Sequence[int] = 0) -> list[ImageResult]:
         """Attack one batch of same-size images.
 
         Args:
             x: (B, 3, H, W) in [0, 1].
             y: (B,) true labels.
-            seed: seeds input diversity; same seed, same inputs, same device: same result.
+            seeds: one per image, seeding its augmentation draws (an int ``s`` gives image i
+                the seed ``s + i``); same seed, same image, same device: same result.
         """
         check_images(x)
+        n = x.shape[0]
+        seeds = [seeds + i for i in range(n)] if isinstance(seeds, int) else list(seeds)
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} images")
+        fixed = self.fixed_batch
+        if fixed is not None and n > fixed:
+            return [r for i in range(0, n, fixed)
+                    for r in self.run(x[i:i + fixed], y[i:i + fixed], seeds[i:i + fixed])]
+        return self._run(self.pad(x), self.pad(y), seeds, n)
+
+    def _run(self, x: Tensor, y: Tensor, seeds: list[int], n: int) -> list[ImageResult]:
+        """:meth:`run` on a batch whose first ``n`` rows are real (the rest padding)."""
         cfg = self.config
         x = x.to(self.device, torch.float32)
         y = y.to(self.device)
         b = x.shape[0]
-        generator = torch.Generator().manual_seed(seed)
+        # Padding rows draw from their own generators and are never active.
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        generators += [torch.Generator().manual_seed(seeds[0]) for _ in range(b - n)]
         ws = self.work_size()
         x_work = x
         if ws is not None and x.shape[-2:] != (ws, ws):
@@ -369,15 +413,15 @@ class Attack:
         strength = torch.zeros(b, device=self.device)
         passes = torch.zeros(b, dtype=torch.long)
         # Per image: the first (smallest) stage's result that fooled the attack ensemble.
-        fallback: list[tuple[_Candidate, dict[str, Tensor], float] | None] = [None] * b
-        results: list[ImageResult | None] = [None] * b
+        fallback: list[tuple[_Candidate, dict[str, Tensor], float] | None] = [None] * n
+        results: list[ImageResult | None] = [None] * n
         levels = [(k + 1) / cfg.stages for k in range(cfg.stages)]
         prev_level = 0.0
-        active = torch.arange(b, device=self.device)
+        active = torch.arange(n, device=self.device)
         for level in levels:
             strength[active] = level
             for _ in range(cfg.steps):
-                self._step(x_work, params, velocity, y, active, strength, generator, prepared)
+                self._step(x_work, params, velocity, y, active, strength, generators, prepared)
             passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
@@ -407,8 +451,8 @@ class Attack:
             if len(active) == 0:
                 break
         assert all(r is not None for r in results)
-        for r, n in zip(results, passes.tolist(), strict=True):
-            r.passes = n  # type: ignore[union-attr]
+        for r, k in zip(results, passes[:n].tolist(), strict=True):
+            r.passes = k  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
 
     def _failure(

@@ -1,10 +1,10 @@
 """Input transforms that make an attack transfer: each step the loop shows the models several
 augmented copies of the current result and averages their losses.
 
-Every augmentation is a function ``(x, generator, options) -> x`` of the models' input batch
-(B, 3, H, W), registered by name. Randomness comes from the CPU ``generator`` and is drawn per
-batch, never per image: an image then sees the same sequence of transforms whichever images
-share its batch, and a fixed number of draws per call keeps runs reproducible on any device.
+Every augmentation is a function ``(x, generator, options) -> x`` of a batch (B, 3, H, W) that
+shares its draws, registered by name. :func:`augment` gives each image its own CPU generator:
+an image then sees the same sequence of transforms whichever images share its batch, and a
+fixed number of draws per call keeps runs reproducible on any device.
 
 * ``di``: resize to a random scale and pad back at a random offset (input diversity, DI-FGSM).
 * ``scale``: multiply intensities by 2^-k, k uniform in 0..4 (the scale copies of SI-NI-FGSM).
@@ -125,9 +125,15 @@ def _blocks(x: Tensor, generator: torch.Generator, o: AugmentOptions) -> Tensor:
     return F.pad(out, (0, w - 2 * w2, 0, h - 2 * h2), mode="replicate")
 
 
-def augment(x: Tensor, names: Sequence[str], generator: torch.Generator,
+def augment(x: Tensor, names: Sequence[str], generators: Sequence[torch.Generator],
             options: AugmentOptions = AugmentOptions()) -> Tensor:
-    """Apply the named augmentations in order, each with its own draws."""
-    for name in names:
-        x = AUGMENTATIONS[name](x, generator, options)
-    return x
+    """Apply the named augmentations in order to each image, drawing from its own generator
+    (``generators[i]`` for ``x[i]``)."""
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"{len(generators)} generators for {x.shape[0]} images")
+    rows = []
+    for row, g in zip(x.split(1), generators, strict=True):
+        for name in names:
+            row = AUGMENTATIONS[name](row, g, options)
+        rows.append(row)
+    return torch.cat(rows)

@@ -74,8 +74,11 @@ class GenerateConfig:
                             "the attack ensemble.")
     seed: int = setting(0, "With each image's ImageId, seeds its randomness (README: "
                            "Reproducibility).")
-    batch_size: int = setting(8, "Images per batch (on the CPU: loaded together, attacked one "
-                                 "by one).", flag="-b")
+    batch_size: int = setting(8, "Images per batch (on the CPU: split into chunks of "
+                                 "--cpu-batch).", flag="-b")
+    cpu_batch: int = setting(4, "On the CPU, images are attacked in chunks of exactly this "
+                                "many (the last padded), so that an image's bytes do not "
+                                "depend on its batch; results depend on it, -b does not.")
     num_workers: int = setting(2, "Image-decoding worker processes.")
     amp: AmpMode = setting("none", "Mixed precision for the model passes (GPU).", AMP_DTYPES)
     skip_bad: bool = setting(False, "Leave unreadable rows out (listed at the end) instead of "
@@ -91,6 +94,8 @@ class GenerateConfig:
             raise ConfigError("at least one attack model is needed")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
+        if self.cpu_batch < 1:
+            raise ConfigError("cpu_batch must be >= 1")
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_DTYPES)}; got {self.amp!r}")
 
@@ -148,8 +153,8 @@ class GenerateSummary:
 
 
 def derive_seed(seed: int, *parts: str) -> int:
-    """A 63-bit seed from a base seed and strings (the ImageIds of a batch): randomness keyed
-    on the images, not on the batch index, whichever shard or resumed run processes them."""
+    """A 63-bit seed from a base seed and strings (an image's ImageId): randomness keyed on
+    the image, not on its batch, whichever shard or resumed run processes it."""
     h = hashlib.sha256(str(seed).encode())
     for p in parts:
         h.update(b"\0" + p.encode())
@@ -227,11 +232,11 @@ def generate(
     ensemble = create_ensemble(cfg.models, device)
     val = create_ensemble(cfg.val_models, device) if cfg.val_models else None
     lpips_metric = LpipsMetric(cfg.lpips_net, device)
+    # On the CPU convolution results depend (in the last bits) on the batch size, though not
+    # on the other images in the batch, and sign steps amplify that: fix the size.
     attack = Attack(cfg.attack, ensemble, val, device=device, amp=cfg.amp,
-                    lpips=lpips_metric.model if cfg.attack.lpips_weight > 0 else None)
-    # On the CPU an image alone gives the same bytes whatever shares its batch: convolution
-    # results there depend (in the last bits) on the batch size, and sign steps amplify that.
-    alone = device.type == "cpu"
+                    lpips=lpips_metric.model if cfg.attack.lpips_weight > 0 else None,
+                    fixed_batch=cfg.cpu_batch if device.type == "cpu" else None)
 
     start = time.perf_counter()
     bar = tqdm(total=len(shard), initial=summary.already_done, unit="img", disable=not progress,
@@ -245,10 +250,8 @@ def generate(
                                           for it in bad))
             records = []
             for group in group_by_size(batch, lambda it: tuple(it.image.shape)):
-                chunks = [[it] for it in group] if alone else [group]
-                for items in chunks:
-                    records += _attack(attack, lpips_metric, items, cfg, device, run,
-                                       save_params, summary)
+                records += _attack(attack, lpips_metric, group, cfg, device, run,
+                                   save_params, summary)
             log.append(records)
             bar.update(len(batch))
             elapsed = time.perf_counter() - start
@@ -270,9 +273,11 @@ def _attack(
     t0 = time.perf_counter()
     x = torch.stack([it.image for it in items]).to(device).float() / 255
     y = torch.tensor([it.row.label for it in items], device=device)
-    results = attack.run(x, y, seed=derive_seed(cfg.seed, *(it.row.image_id for it in items)))
+    results = attack.run(x, y, [derive_seed(cfg.seed, it.row.image_id) for it in items])
     adv = torch.stack([r.decoded for r in results]).to(device).float() / 255
-    dists = lpips_metric(adv, x).tolist()
+    chunk = attack.fixed_batch or len(items)  # the attack's own batching, for the same bits
+    dists = [d for a, o in zip(adv.split(chunk), x.split(chunk), strict=True)
+             for d in lpips_metric(attack.pad(a), attack.pad(o))[:len(a)].tolist()]
     per_image = (time.perf_counter() - t0) / len(items)
     records = []
     for it, r, d in zip(items, results, dists, strict=True):
