@@ -118,7 +118,7 @@ def main() -> None:
             velocity = {k: torch.zeros_like(v) for k, v in params.items()}
             strength = torch.full((b,), 0.5, device=device)
             idx = torch.arange(b, device=device)
-            g = torch.Generator().manual_seed(0)
+            g = [torch.Generator().manual_seed(i) for i in range(b)]
             raw = functools.partial(raw_step, ens, x, y)
             step = functools.partial(attack._step, x, params, velocity, y, idx, strength, g,
                                      prepared)

@@ -69,6 +69,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, seed 2": ["--seed", "2"],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x1.5": _texture_budget(1.5),
+    "natural, coarse x0.5": ["--set", "texture.coarse=3.2"],
+    "natural, coarse off": ["--set", "texture.coarse=0"],
+    "natural, cpu batch 1": ["--cpu-batch", "1"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
     "natural, full budget": ["--stages", "1", "--steps", "80", "--refine", "0"],
@@ -95,6 +98,10 @@ DESCRIPTION = {
     "natural, seed 2": "the default with a third seed",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
+    "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
+    "natural, coarse off": "the default without the coarse band (fine and mid only)",
+    "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
+                            "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
