@@ -94,9 +94,17 @@ def readme_summary() -> str:
         alone = [r for r in step if r["family"] == "raw pass, images one by one"]
         if alone:
             lines.append("| raw ensemble fwd+bwd, images one by one / batched (CPU, batch "
-                         f"{'/'.join(str(r['batch']) for r in alone)}; the price of "
-                         "batch-independent bytes) | "
+                         f"{'/'.join(str(r['batch']) for r in alone)}; what `--cpu-batch 1` "
+                         "would pay) | "
                          + "; ".join(f"{r['ratio']:.2f}x" for r in alone) + " | |")
+    doc = _load("strength-cross-arch-sample")
+    by = {r["config"]: r for r in doc["rows"]} if doc else {}
+    if "natural" in by and "natural, cpu batch 1" in by:
+        one, four = by["natural, cpu batch 1"], by["natural"]
+        lines.append("| `generate` s/img, `--cpu-batch 1` vs the default chunks of 4 (CPU, "
+                     f"natural, cross-arch sample) | {one['seconds_per_image']:.2f} vs "
+                     f"{four['seconds_per_image']:.2f} "
+                     f"({one['seconds_per_image'] / four['seconds_per_image']:.2f}x) | |")
     mem = _load("memory-cpu")
     if mem and len(mem["memory"]) >= 2:
         a, z = mem["memory"][0], mem["memory"][-1]

@@ -91,7 +91,7 @@ def main() -> None:
                                             mode="bicubic", antialias=True).clamp(0, 1)
         batched = functools.partial(raw_step, ens, x, y)
 
-        def one_by_one(x=x, y=y):  # what generate does on the CPU, for batch-free bytes
+        def one_by_one(x=x, y=y):  # what generate --cpu-batch 1 does
             for i in range(len(x)):
                 raw_step(ens, x[i:i + 1], y[i:i + 1])
 
@@ -163,8 +163,8 @@ def main() -> None:
     md += [f"| {r['batch']} | {r['work_size']} | {r['folded_s'] * 1e3:.1f} | "
            f"{r['unfolded_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
     md += ["", "Raw pass on a whole batch against the same images one at a time (what "
-           "`generate` does on the CPU, so that a result's bytes do not depend on its batch), "
-           "measured alternately in the same way:\n",
+           "`generate --cpu-batch 1` does; the default chunks of 4 run at batch 4 whatever "
+           "`-b` is), measured alternately in the same way:\n",
            "| batch | working size | batched (ms) | one by one (ms) | one by one / batched |",
            "|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['work_size']} | {r['batched_s'] * 1e3:.1f} | "

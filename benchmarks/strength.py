@@ -72,6 +72,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, coarse x0.5": ["--set", "texture.coarse=3.2"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
+    "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
     "natural, full budget": ["--stages", "1", "--steps", "80", "--refine", "0"],
@@ -100,6 +101,8 @@ DESCRIPTION = {
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
+    "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
+                               "contrast exceeds 4/255, in full above 10/255 (default 3, 8)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

@@ -15,9 +15,9 @@ bound below is exact. The map is
   where a change shows as a fringe;
 * times ``(1 - coherence) ** edge_power`` of the structure tensor: a single orientation
   (an edge, a stripe) masks less than texture does;
-* times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below 3/255,
-  1 above 8/255): pooling spreads a textured area's map a few pixels into the flat ones next
-  to it, where a change shows as grain.
+* times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below
+  ``flat_start``/255, 1 above ``flat_full``/255): pooling spreads a textured area's map a few
+  pixels into the flat ones next to it, where a change shows as grain.
 
 Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
 k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
@@ -59,17 +59,15 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
-FLAT_RAMP = (3 / 255, 8 / 255)  # local std (7x7) where masking starts and where it is full
 
 
-def _activity(luma: Tensor) -> Tensor:
-    """0 where the 7x7 luminance std is below FLAT_RAMP[0], 1 above FLAT_RAMP[1], linear
-    between. (B, 1, H, W)."""
+def _activity(luma: Tensor, lo: float, hi: float) -> Tensor:
+    """0 where the 7x7 luminance std is below ``lo``, 1 above ``hi``, linear between.
+    (B, 1, H, W)."""
     padded = F.pad(luma, (3, 3, 3, 3), mode="replicate")
     mean = F.avg_pool2d(padded, 7, stride=1)
     std = (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
-    lo, hi = FLAT_RAMP
-    return ((std - lo) / (hi - lo)).clamp(0, 1)
+    return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
 
 
 def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
@@ -85,21 +83,23 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 
 @torch.no_grad()
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
-               bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS) -> Tensor:
+               bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
+               flat: tuple[float, float] = (3 / 255, 8 / 255)) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
         x: (B, 3, H, W) in [0, 1].
         edge_power: how strongly an edge's coherence shrinks the map (0: not at all).
         density_scale: the larger pooling window, as a multiple of the smaller one.
-
         bands: the bands to map, as in :data:`BANDS`.
+        flat: local 7x7 luminance std (0-1 units) below which the map is 0, and above which
+            it is not reduced.
 
     Returns:
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
-    active = _activity(luma)
+    active = _activity(luma, *flat)
     maps = []
     for _, (s0, s1), _ in bands:
         band = _blur(luma, s0) - _blur(luma, s1)
@@ -123,6 +123,9 @@ class TextureConfig:
     channels: Literal["luma", "rgb"] = "luma"
     edge_power: float = 1.0
     density_scale: float = 3.0
+    # Local 7x7 luminance std (/255) where the change starts to be allowed, and where in full.
+    flat_start: float = 3.0
+    flat_full: float = 8.0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -161,7 +164,9 @@ class TextureFamily(Family):
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
         on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
-        return {"visibility": visibility(x, self.config.edge_power, self.config.density_scale, on)}
+        c = self.config
+        flat = (c.flat_start / 255, c.flat_full / 255)
+        return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
