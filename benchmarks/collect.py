@@ -91,12 +91,13 @@ def readme_summary() -> str:
                               for r in fold)
             lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
                          f"{'/'.join(str(r['batch']) for r in fold)}) | {pairs} | |")
-        alone = [r for r in step if r["family"] == "raw pass, images one by one"]
-        if alone:
-            lines.append("| raw ensemble fwd+bwd, images one by one / batched (CPU, batch "
-                         f"{'/'.join(str(r['batch']) for r in alone)}; what `--cpu-batch 1` "
-                         "would pay) | "
-                         + "; ".join(f"{r['ratio']:.2f}x" for r in alone) + " | |")
+        for how, what in (("images one by one", "what `--cpu-batch 1` pays"),
+                          ("chunks of 4", "what the default `--cpu-batch 4` pays")):
+            these = [r for r in step if r["family"] == f"raw pass, {how}"]
+            if these:
+                lines.append(f"| raw ensemble fwd+bwd, {how} / batched (CPU, batch "
+                             f"{'/'.join(str(r['batch']) for r in these)}; {what}) | "
+                             + "; ".join(f"{r['ratio']:.2f}x" for r in these) + " | |")
     doc = _load("strength-cross-arch-sample")
     by = {r["config"]: r for r in doc["rows"]} if doc else {}
     if "natural" in by and "natural, cpu batch 1" in by:
