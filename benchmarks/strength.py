@@ -68,7 +68,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, seed 1": ["--seed", "1"],
     "natural, seed 2": ["--seed", "2"],
     "natural, texture x0.5": _texture_budget(0.5),
+    "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
+    "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", "texture.coarse=3.2"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
@@ -98,7 +100,10 @@ DESCRIPTION = {
     "natural, seed 1": "the default with another seed: how far chance alone moves a row",
     "natural, seed 2": "the default with a third seed",
     "natural, texture x0.5": "the default with half the texture bounds",
+    "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
+    "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
+                                       "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
     "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
