@@ -37,6 +37,20 @@ def _load(stem: str):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _rows(stem: str) -> tuple[dict, dict[str, dict]]:
+    """A strength table's meta and its rows by configuration, with the rows of its follow-up
+    tables (``<stem>-<suffix>``: more configurations on the same set) added; the main table's
+    row wins where both have one."""
+    doc = _load(stem)
+    if not doc:
+        return {}, {}
+    rows: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob(f"{stem}-*.json"), reverse=True):
+        rows.update({r["config"]: r for r in json.loads(path.read_text())["rows"]})
+    rows.update({r["config"]: r for r in doc["rows"]})
+    return doc["meta"], rows
+
+
 def readme_summary() -> str:
     """A short table for the README, built from the JSON the scripts wrote."""
     lines = ["| measurement | result | target |", "|---|---|---|"]
@@ -98,8 +112,7 @@ def readme_summary() -> str:
                 lines.append(f"| raw ensemble fwd+bwd, {how} / batched (CPU, batch "
                              f"{'/'.join(str(r['batch']) for r in these)}; {what}) | "
                              + "; ".join(f"{r['ratio']:.2f}x" for r in these) + " | |")
-    doc = _load("strength-cross-arch-sample")
-    by = {r["config"]: r for r in doc["rows"]} if doc else {}
+    _, by = _rows("strength-cross-arch-sample")
     if "natural" in by and "natural, cpu batch 1" in by:
         one, four = by["natural, cpu batch 1"], by["natural"]
         lines.append("| `generate` s/img, `--cpu-batch 1` vs the default chunks of 4 (CPU, "
@@ -143,14 +156,13 @@ def quickstart_sentence() -> str:
 
 def failure_policy_table() -> str:
     """The --on-failure trade-off as measured (cross-arch protocol, sample set)."""
-    doc = _load("strength-cross-arch-sample")
-    by = {r["config"]: r for r in doc["rows"]} if doc else {}
+    meta, by = _rows("strength-cross-arch-sample")
     policies = (("strongest", "natural"), ("ensemble", "natural, failures ensemble-minimal"),
                 ("original", "natural, failures unchanged"))
     if not all(c in by for _, c in policies):
         return ""
-    m = doc["meta"]["eval_models"][0]
-    n = doc["meta"]["n_images"]
+    m = meta["eval_models"][0]
+    n = meta["n_images"]
     out = [f"Measured (`benchmarks/strength.py`, cross-arch protocol, sample set of {n} images; "
            f"held out: {m}):\n",
            f"| `--on-failure` | fooled {m} | LPIPS | colour drift | flat noise | added detail "
@@ -163,6 +175,32 @@ def failure_policy_table() -> str:
                    f"{r['detail_excess']:.2f} | {r['within_limits'] * n:.0f} | "
                    f"{r['natural_success'] * n:.0f} |")
     return "\n".join(out)
+
+
+def presets_table() -> str:
+    """natural vs subtle vs the baseline (cross-arch protocol, every set measured)."""
+    presets = (("natural", "natural"), ("subtle", "natural, texture x0.5"),
+               ("baseline", "baseline"))
+    out = []
+    for stem in ("strength-cross-arch-sample",
+                 *sorted(p.stem for p in RESULTS.glob("strength-cross-arch-derived-*.json"))):
+        meta, by = _rows(stem)
+        if not all(c in by for _, c in presets):
+            continue
+        evals, n = meta["eval_models"], meta["n_images"]
+        if not out:
+            out = ["| `--preset` | set | " + " | ".join(f"fooled {m}" for m in evals)
+                   + " | LPIPS | within every naturalness limit | fooled every eval model and "
+                   "within every limit |", "|---|---|" + "---|" * (len(evals) + 3)]
+        for preset, config in presets:
+            r = by[config]
+            fooled = " | ".join(f"{r['asr_per_model'][m] * n:.0f}" for m in evals)
+            out.append(f"| `{preset}` | {meta['input']} ({n}) | {fooled} | {r['lpips']:.3f} | "
+                       f"{r['within_limits'] * n:.0f} | {r['natural_success'] * n:.0f} |")
+    if not out:
+        return ""
+    return "\n".join(["Measured (`benchmarks/strength.py`, cross-arch protocol; `subtle` is the "
+                      "row `natural, texture x0.5`, the same settings):\n", *out])
 
 
 def lpips_cost_sentence() -> str:
@@ -188,6 +226,7 @@ def update_readme() -> None:
     readme = ROOT / "README.md"
     text = _fill(readme.read_text(), "results", readme_summary())
     text = _fill(text, "failure-policy", failure_policy_table())
+    text = _fill(text, "presets", presets_table())
     text = _fill(text, "lpips-cost", lpips_cost_sentence())
     readme.write_text(_fill(text, "quickstart", quickstart_sentence()))
 

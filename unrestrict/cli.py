@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .attack import PRESET_HELP, PRESETS, AttackConfig
+from .attack import PRESET_HELP, PRESETS, AttackConfig, resolve_preset
 from .errors import EXIT_CODES, ConfigError, UnrestrictError
 from .generate import GenerateConfig
 from .metrics import ScoreFormula
@@ -191,9 +191,7 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
     family_options = parse_family_options(opts["set_"])
     if opts["eps"] is not None:
         family_options.setdefault("pixel", {})["eps"] = str(opts["eps"] / 255)
-    if family_options:
-        overrides["family_options"] = family_options
-    attack = dataclasses.replace(PRESETS[preset], **overrides)
+    attack = resolve_preset(preset, family_options, **overrides)
     cfg = GenerateConfig(attack=attack, **_given(GenerateConfig, opts))
     rank, world = parse_shard(opts["shard"]) if opts["shard"] else shard_from_env()
     s = generate(input_dir, output_dir, cfg, device=pick_device(opts["device"]), rank=rank,

@@ -1,0 +1,46 @@
+"""Presets: each is a valid configuration, and overrides merge into it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from unrestrict.attack import PRESET_HELP, PRESETS, resolve_preset
+from unrestrict.errors import ConfigError
+from unrestrict.perturb import compose
+from unrestrict.perturb.texture import TextureConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_composes_and_is_described(name):
+    cfg = PRESETS[name]
+    compose(cfg.families, cfg.family_options)
+    assert PRESET_HELP[name]
+
+
+def test_subtle_is_natural_with_half_the_texture_bounds():
+    subtle, natural = PRESETS["subtle"], PRESETS["natural"]
+    default = TextureConfig()
+    assert subtle.family_options["texture"] == {
+        "fine": default.fine / 2, "mid": default.mid / 2, "coarse": default.coarse / 2}
+    assert dataclasses.replace(subtle, family_options={}) == natural
+
+
+def test_a_family_option_overrides_one_preset_value_and_keeps_the_rest():
+    cfg = resolve_preset("subtle", {"texture": {"fine": "2.0"}, "color": {"hue": "0.01"}},
+                         steps=7)
+    assert cfg.family_options == {"texture": {"fine": "2.0", "mid": 3.2, "coarse": 3.2},
+                                  "color": {"hue": "0.01"}}
+    assert cfg.steps == 7
+    assert PRESETS["subtle"].family_options["texture"]["fine"] == 1.6  # preset untouched
+
+
+def test_preset_options_of_families_left_out_are_dropped():
+    cfg = resolve_preset("subtle", families=("color",))
+    assert cfg.family_options == {}
+
+
+def test_an_unknown_preset_is_named():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        resolve_preset("nope")
