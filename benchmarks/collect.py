@@ -106,10 +106,11 @@ def readme_summary() -> str:
             lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
                          f"{'/'.join(str(r['batch']) for r in fold)}) | {pairs} | |")
         for how, what in (("images one by one", "what `--cpu-batch 1` pays"),
-                          ("chunks of 4", "what the default `--cpu-batch 4` pays")):
-            these = [r for r in step if r["family"] == f"raw pass, {how}"]
+                          ("chunks of", "what the default `--cpu-batch` pays")):
+            these = [r for r in step if r["family"].startswith(f"raw pass, {how}")]
             if these:
-                lines.append(f"| raw ensemble fwd+bwd, {how} / batched (CPU, batch "
+                label = these[0]["family"].removeprefix("raw pass, ")
+                lines.append(f"| raw ensemble fwd+bwd, {label} / batched (CPU, batch "
                              f"{'/'.join(str(r['batch']) for r in these)}; {what}) | "
                              + "; ".join(f"{r['ratio']:.2f}x" for r in these) + " | |")
     _, by = _rows("strength-cross-arch-sample")

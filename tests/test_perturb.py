@@ -511,3 +511,11 @@ def test_texture_change_is_bounded_by_ratio_times_visibility(channels):
         assert (delta[:, 0] - delta[:, 1]).abs().amax() > 1e-3
     # The grid is bounded by ratio / 2: its high-pass (grid minus its blur) stays within ratio.
     assert comp.limits(params, level)["texture.fine"].item() == pytest.approx(cfg.fine * 0.25)
+
+
+def test_texture_flat_ramp_must_rise():
+    from unrestrict.errors import ConfigError
+    from unrestrict.perturb import compose
+
+    with pytest.raises(ConfigError, match="flat_start <= flat_full"):
+        compose(["texture"], {"texture": {"flat_start": "9", "flat_full": "4"}})

@@ -18,10 +18,9 @@ Per batch:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import kornia.filters as KF
@@ -191,7 +190,7 @@ def resolve_preset(name: str, family_options: Mapping[str, Mapping[str, Any]] | 
     merged = {f: dict(o) for f, o in preset.family_options.items() if f in families}
     for f, o in (family_options or {}).items():
         merged.setdefault(f, {}).update(o)
-    return dataclasses.replace(preset, **overrides, family_options=merged)
+    return replace(preset, **overrides, family_options=merged)
 
 
 @dataclass
@@ -371,6 +370,12 @@ class Attack:
         """``t`` with rows repeated up to ``fixed_batch`` (unchanged when there is none)."""
         return pad_rows(t, self.fixed_batch) if self.fixed_batch else t
 
+    def chunks(self, n: int) -> list[slice]:
+        """The row ranges of an ``n``-image batch that run together: chunks of
+        ``fixed_batch``, or the whole batch."""
+        k = self.fixed_batch or max(n, 1)
+        return [slice(i, i + k) for i in range(0, n, k)]
+
     @torch.no_grad()
     def render(self, x_full: Tensor, params: Mapping[str, Tensor]) -> tuple[list[bytes], Tensor]:
         """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch)."""
@@ -408,10 +413,8 @@ class Attack:
         seeds = [seeds + i for i in range(n)] if isinstance(seeds, int) else list(seeds)
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} images")
-        fixed = self.fixed_batch
-        if fixed is not None and n > fixed:
-            return [r for i in range(0, n, fixed)
-                    for r in self.run(x[i:i + fixed], y[i:i + fixed], seeds[i:i + fixed])]
+        if len(self.chunks(n)) > 1:
+            return [r for c in self.chunks(n) for r in self.run(x[c], y[c], seeds[c])]
         return self._run(self.pad(x), self.pad(y), seeds, n)
 
     def _run(self, x: Tensor, y: Tensor, seeds: list[int], n: int) -> list[ImageResult]:

@@ -275,9 +275,9 @@ def _attack(
     y = torch.tensor([it.row.label for it in items], device=device)
     results = attack.run(x, y, [derive_seed(cfg.seed, it.row.image_id) for it in items])
     adv = torch.stack([r.decoded for r in results]).to(device).float() / 255
-    chunk = attack.fixed_batch or len(items)  # the attack's own batching, for the same bits
-    dists = [d for a, o in zip(adv.split(chunk), x.split(chunk), strict=True)
-             for d in lpips_metric(attack.pad(a), attack.pad(o))[:len(a)].tolist()]
+    # In the attack's own padded chunks, so that the logged distance has the same bits too.
+    dists = [d for c in attack.chunks(len(items))
+             for d in lpips_metric(attack.pad(adv[c]), attack.pad(x[c]))[:len(adv[c])].tolist()]
     per_image = (time.perf_counter() - t0) / len(items)
     records = []
     for it, r, d in zip(items, results, dists, strict=True):

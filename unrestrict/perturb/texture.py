@@ -59,6 +59,8 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
+# Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
+FLAT_START, FLAT_FULL = 3.0, 8.0
 
 
 def _activity(luma: Tensor, lo: float, hi: float) -> Tensor:
@@ -67,7 +69,7 @@ def _activity(luma: Tensor, lo: float, hi: float) -> Tensor:
     padded = F.pad(luma, (3, 3, 3, 3), mode="replicate")
     mean = F.avg_pool2d(padded, 7, stride=1)
     std = (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
-    return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
+    return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # hi == lo: a step
 
 
 def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
@@ -84,7 +86,7 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 @torch.no_grad()
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
-               flat: tuple[float, float] = (3 / 255, 8 / 255)) -> Tensor:
+               flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255)) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -123,9 +125,8 @@ class TextureConfig:
     channels: Literal["luma", "rgb"] = "luma"
     edge_power: float = 1.0
     density_scale: float = 3.0
-    # Local 7x7 luminance std (/255) where the change starts to be allowed, and where in full.
-    flat_start: float = 3.0
-    flat_full: float = 8.0
+    flat_start: float = FLAT_START  # local 7x7 luminance std (/255): see FLAT_START
+    flat_full: float = FLAT_FULL
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -146,6 +147,8 @@ class TextureFamily(Family):
         if self.config.channels not in ("luma", "rgb"):
             raise ConfigError(f"texture channels must be 'luma' or 'rgb', got "
                              f"{self.config.channels!r}")
+        if not 0 <= self.config.flat_start <= self.config.flat_full:
+            raise ConfigError("texture needs 0 <= flat_start <= flat_full")
 
     def _bands(self) -> list[tuple[int, str, int, float]]:
         """(index into the visibility maps, name, stride, ratio) of each band switched on."""
