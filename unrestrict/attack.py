@@ -35,6 +35,7 @@ from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
 from .settings import setting
+from .surrogate import Surrogate, surrogate_gradients
 
 __all__ = [
     "AttackConfig",
@@ -107,6 +108,10 @@ class AttackConfig:
     di_min_scale: float = setting(0.9, "Smallest scale di resizes a copy to.")
     blur_sigma: float = setting(0.0, "TI: Gaussian blur (sigma, working pixels) in the "
                                       "forward graph; 0 = off.")
+    sgm_gamma: float = setting(1.0, "Skip-gradient method: residual branches of the attack "
+                                     "models pass this share of the gradient (1 = exact).")
+    relu_tau: float = setting(0.0, "Rectifier derivatives of the attack models smoothed to a "
+                                    "softplus of this temperature (0 = exact).")
     reg_weight: float = setting(0.0, "Weight of the families' smoothness/size penalties.")
     lpips_weight: float = setting(0.0, "Weight of an LPIPS-to-original penalty.")
     work_size: int | None = setting(None, "Side length resolution-free families are optimised "
@@ -131,6 +136,8 @@ class AttackConfig:
             (all(a in AUGMENTATIONS for a in self.augment),
              f"augment must name augmentations from {', '.join(AUGMENTATIONS)}"),
             (0 < self.di_min_scale <= 1, "di_min_scale must be in (0, 1]"),
+            (0 < self.sgm_gamma <= 1, "sgm_gamma must be in (0, 1]"),
+            (self.relu_tau >= 0, "relu_tau must be >= 0"),
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
@@ -415,7 +422,9 @@ class Attack:
             raise ValueError(f"{len(seeds)} seeds for {n} images")
         if len(self.chunks(n)) > 1:
             return [r for c in self.chunks(n) for r in self.run(x[c], y[c], seeds[c])]
-        return self._run(self.pad(x), self.pad(y), seeds, n)
+        surrogate = Surrogate(self.config.sgm_gamma, self.config.relu_tau)
+        with surrogate_gradients(self.ensemble, surrogate):
+            return self._run(self.pad(x), self.pad(y), seeds, n)
 
     def _run(self, x: Tensor, y: Tensor, seeds: list[int], n: int) -> list[ImageResult]:
         """:meth:`run` on a batch whose first ``n`` rows are real (the rest padding)."""
