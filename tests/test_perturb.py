@@ -398,6 +398,30 @@ def test_upsample_field_is_torch_bicubic():
                                                                           dtype=torch.float64))
 
 
+def test_a_trailing_global_grade_runs_after_the_resize():
+    import torch.nn.functional as F
+
+    comp = compose(["texture", "color"])
+    x = _photo() * 0.6 + 0.2
+    params = _rand_params(comp, x, 0.8)
+    calls = []
+
+    def shrink(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape[-1])
+        return F.interpolate(t, size=(16, 16), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    late = comp.apply(x, params, resize=shrink)
+    early = shrink(comp.apply(x, params))
+    assert calls[0] == x.shape[-1] and late.shape == early.shape
+    # The grade is pointwise: after or before the resize differ only by its averaging.
+    assert (late - early).abs().amax() < 0.02
+    assert (late - shrink(x)).abs().amax() > 0.02  # and it did change the image
+    comp_px = compose(["color", "pixel"])  # the pixel family ends it: no reordering
+    p2 = _rand_params(comp_px, x, 0.8)
+    torch.testing.assert_close(comp_px.apply(x, p2, resize=shrink), shrink(comp_px.apply(x, p2)))
+
+
 def test_chroma_matrix_is_a_rotation_of_yuv_chroma():
     import kornia.color as KC
 

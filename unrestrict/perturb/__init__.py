@@ -8,7 +8,7 @@ talks to. Its parameters are one flat dict keyed ``"family.param"``; every tenso
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -119,23 +119,37 @@ class Composite:
             for k, v in f.prepare(x).items()
         }
 
+    def _pointwise_tail(self) -> int:
+        """Index of the first family of the run of pointwise ones that ends the chain."""
+        i = len(self.families)
+        while i > 0 and self.families[i - 1].pointwise:
+            i -= 1
+        return i
+
     def apply(
-        self, x: Tensor, params: Mapping[str, Tensor], prepared: Mapping[str, Tensor] | None = None
+        self, x: Tensor, params: Mapping[str, Tensor], prepared: Mapping[str, Tensor] | None = None,
+        resize: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """Shape: (B, 3, H, W) in [0, 1] -> same; per-pixel parameters must match H, W.
 
         ``prepared``: ``self.prepare(x)`` for this ``x``, to skip recomputing it; the result
-        is the same either way.
+        is the same either way. ``resize``: applied to the result, but before the pointwise
+        families that end the chain (a global grade), so that they run on the resized
+        pixels: the same up to the resize's averaging, and cheaper when it shrinks.
         """
         check_images(x)
         if prepared is None:
             prepared = self.prepare(x)
         split = self._split(params)
         mine = self._split(prepared)
-        for f, once in zip(self.families, self._prepared_from_original(), strict=True):
+        tail = self._pointwise_tail()
+        for i, (f, once) in enumerate(zip(self.families, self._prepared_from_original(),
+                                          strict=True)):
+            if resize is not None and i == tail:
+                x, resize = resize(x), None
             x = f.apply(x, {k: v.to(x.dtype) for k, v in split[f.name].items()},
                         mine[f.name] if once else None)
-        return x
+        return x if resize is None else resize(x)
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
         split = self._split(params)

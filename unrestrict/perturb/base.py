@@ -69,6 +69,9 @@ class Family(ABC):
     prepare_on_original: ClassVar[bool] = False
     # It moves pixels (a warp): constants of the original no longer line up after it.
     moves_pixels: ClassVar[bool] = False
+    # Each output pixel depends only on the same input pixel and image-wide statistics (a
+    # global grade): the family commutes with resizing, up to the resize's averaging.
+    pointwise: ClassVar[bool] = False
     # Place in a composite, lowest first: texture (its visibility map is the original's, and a
     # warp after it carries the change along with the content), geometry (it moves pixels),
     # local style, the global colour grade (local edits before the final grade, as an editor

@@ -256,6 +256,7 @@ class ColorFamily(Family):
     name = "color"
     order = 40
     resolution_free = True
+    pointwise = True
     Config = ColorConfig
     config: ColorConfig
 
