@@ -105,12 +105,14 @@ def readme_summary() -> str:
                               for r in fold)
             lines.append("| raw ensemble fwd+bwd, BatchNorm folded vs not (CPU, batch "
                          f"{'/'.join(str(r['batch']) for r in fold)}) | {pairs} | |")
-        for how, what in (("images one by one", "what `--cpu-batch 1` pays"),
-                          ("chunks of", "what the default `--cpu-batch` pays")):
+        for how, base, what in (("images one by one", "batched", "what `--cpu-batch 1` pays"),
+                                ("chunks of", "batched", "what the default `--cpu-batch` pays"),
+                                ("the default's surrogate", "exact gradients",
+                                 "what the default's backward-pass tricks cost")):
             these = [r for r in step if r["family"].startswith(f"raw pass, {how}")]
             if these:
                 label = these[0]["family"].removeprefix("raw pass, ")
-                lines.append(f"| raw ensemble fwd+bwd, {label} / batched (CPU, batch "
+                lines.append(f"| raw ensemble fwd+bwd, {label} / {base} (CPU, batch "
                              f"{'/'.join(str(r['batch']) for r in these)}; {what}) | "
                              + "; ".join(f"{r['ratio']:.2f}x" for r in these) + " | |")
     _, by = _rows("strength-cross-arch-sample")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import statistics
 import time
 
@@ -33,6 +34,7 @@ SETTINGS = {
     "color": AttackConfig(families=("color",)),
     "default (texture+color)": AttackConfig(),
     "default, 2 copies": AttackConfig(copies=2),
+    "default, exact gradients": AttackConfig(sgm_gamma=1.0, relu_width=0.0),
     "style": AttackConfig(families=("style",)),
     "geometry": AttackConfig(families=("geometry",)),
     "pixel (full 500x500)": AttackConfig(families=("pixel",), work_size=0),
@@ -75,10 +77,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="4,16")
     ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of the step settings (by their labels)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     kept = keep_freed_memory()  # as the CLI does; without it page faults dominate the noise
     device = torch.device(args.device)
+    settings = SETTINGS
+    if args.only:
+        wanted = re.split(r",(?=\S)", args.only)
+        if unknown := [k for k in wanted if k not in SETTINGS]:
+            ap.error(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+        settings = {k: SETTINGS[k] for k in wanted}
     ens = create_ensemble(MODELS, device)
     unfolded = create_ensemble(MODELS, device, fold_bn=False)
     rows, fold_rows, alone_rows = [], [], []
@@ -101,9 +111,15 @@ def main() -> None:
             for i in range(0, len(x), k):
                 raw_step(ens, pad_rows(x[i:i + k], k), pad_rows(y[i:i + k], k))
 
+        def surrogate_pass(x=x, y=y):  # the default's surrogate gradients
+            with Attack(AttackConfig(), ens, device=device).surrogate():
+                raw_step(ens, x, y)
+
         for label, (ka, kb), other in (
             ("raw pass, BatchNorm not folded", ("folded_s", "unfolded_s"),
              functools.partial(raw_step, unfolded, x, y)),
+            ("raw pass, the default's surrogate gradients", ("batched_s", "alone_s"),
+             surrogate_pass),
             ("raw pass, images one by one", ("batched_s", "alone_s"), one_by_one),
             (f"raw pass, chunks of {CPU_CHUNK}", ("batched_s", "alone_s"), in_chunks),
         ):
@@ -114,7 +130,7 @@ def main() -> None:
             (fold_rows if ka == "folded_s" else alone_rows).append(row)
             print(f"b={b:>3} {label}: {ka[:-2]} {row[ka] * 1e3:7.1f} ms, {kb[:-2]} "
                   f"{row[kb] * 1e3:7.1f} ms", flush=True)
-        for name, cfg in SETTINGS.items():
+        for name, cfg in settings.items():
             attack = Attack(cfg, ens, device=device)
             ws = attack.work_size()
             x = full if ws is None else torch.nn.functional.interpolate(
@@ -126,9 +142,14 @@ def main() -> None:
             strength = torch.full((b,), 0.5, device=device)
             idx = torch.arange(b, device=device)
             g = [torch.Generator().manual_seed(i) for i in range(b)]
-            raw = functools.partial(raw_step, ens, x, y)
-            step = functools.partial(attack._step, x, params, velocity, y, idx, strength, g,
-                                     prepared)
+            def raw(attack=attack, x=x, y=y):  # with the setting's own model gradients
+                with attack.surrogate():
+                    raw_step(ens, x, y)
+
+            def step(attack=attack, args=(x, params, velocity, y, idx, strength, g, prepared)):
+                with attack.surrogate():  # as run() does
+                    attack._step(*args)
+
             ta, tb = timed_pair(raw, step, args.repeats, device)
             # A step with k augmented copies makes k raw passes; it is held to k times one.
             ta = [t * cfg.copies for t in ta]
@@ -151,7 +172,9 @@ def main() -> None:
           "(identical code has measured anywhere from 1.03x to 1.15x by `ratio` on this "
           "machine on different runs)."
           " Raw = ensemble forward, margin loss, backward to the input, at the same working "
-          "size, times the number of augmented copies the step makes (`copies`). The "
+          "size, times the number of augmented copies the step makes (`copies`), with the "
+          "setting's own surrogate gradients (they change the models' backward pass, not "
+          "the loop; what they cost over exact gradients is a row of the last table). The "
           "per-batch `Composite.prepare` (input-only constants such as the texture family's "
           "visibility maps, computed once for all of a batch's steps) is outside the timed "
           "step. At full size (texture, pixel) the raw pass resizes 500x500 to each member's "
@@ -170,9 +193,10 @@ def main() -> None:
     md += [f"| {r['batch']} | {r['work_size']} | {r['folded_s'] * 1e3:.1f} | "
            f"{r['unfolded_s'] * 1e3:.1f} | {r['ratio']:.3f} |" for r in fold_rows]
     md += ["", "Raw pass on a whole batch against the same images one at a time (what "
-           f"`generate --cpu-batch 1` does) and in padded chunks of {CPU_CHUNK} (what "
-           "`generate` does on the CPU by default, whatever `-b` is), measured alternately in "
-           "the same way:\n",
+           f"`generate --cpu-batch 1` does), in padded chunks of {CPU_CHUNK} (what "
+           "`generate` does on the CPU by default, whatever `-b` is), and with the default's "
+           "surrogate gradients (skip-gradient and smooth rectifiers) in place of exact ones, "
+           "measured alternately in the same way:\n",
            "| batch | how | working size | batched (ms) | that way (ms) | that way / batched |",
            "|---|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['family'].removeprefix('raw pass, ')} | {r['work_size']} | "

@@ -78,6 +78,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
     "natural, full budget": ["--stages", "1", "--steps", "80", "--refine", "0"],
+    "natural, exact gradients": ["--sgm-gamma", "1", "--relu-width", "0"],
+    "natural, skip-gradient only": ["--relu-width", "0"],
+    "natural, smooth rectifiers only": ["--sgm-gamma", "1"],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
@@ -95,7 +98,8 @@ CONFIGS: dict[str, list[str]] = {
 }
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
-    "natural": "the default preset: texture + mild global grade, staged per-image budget",
+    "natural": "the default preset: texture + mild global grade, staged per-image budget, "
+               "surrogate gradients",
     "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
     "natural, seed 1": "the default with another seed: how far chance alone moves a row",
     "natural, seed 2": "the default with a third seed",
@@ -115,6 +119,10 @@ DESCRIPTION = {
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
                                           "keep the smallest stage that fooled the attack model",
     "natural, full budget": "the default families at full bounds, one stage of 80 steps",
+    "natural, exact gradients": "the default without its surrogate gradients (no "
+                                "skip-gradient, exact rectifier derivatives)",
+    "natural, skip-gradient only": "the default with exact rectifier derivatives",
+    "natural, smooth rectifiers only": "the default without the skip-gradient scaling",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",

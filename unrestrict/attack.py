@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -108,10 +109,12 @@ class AttackConfig:
     di_min_scale: float = setting(0.9, "Smallest scale di resizes a copy to.")
     blur_sigma: float = setting(0.0, "TI: Gaussian blur (sigma, working pixels) in the "
                                       "forward graph; 0 = off.")
-    sgm_gamma: float = setting(1.0, "Skip-gradient method: residual branches of the attack "
+    # Surrogate gradients (unrestrict/surrogate.py): outputs and decisions stay the models'.
+    sgm_gamma: float = setting(0.5, "Skip-gradient method: residual branches of the attack "
                                      "models pass this share of the gradient (1 = exact).")
-    relu_tau: float = setting(0.0, "Rectifier derivatives of the attack models smoothed to a "
-                                    "softplus of this temperature (0 = exact).")
+    relu_width: float = setting(1.0, "Rectifier derivatives of the attack models ramp "
+                                      "from 0 to 1 over +-this around zero (0 = exact "
+                                      "step).")
     reg_weight: float = setting(0.0, "Weight of the families' smoothness/size penalties.")
     lpips_weight: float = setting(0.0, "Weight of an LPIPS-to-original penalty.")
     work_size: int | None = setting(None, "Side length resolution-free families are optimised "
@@ -137,7 +140,7 @@ class AttackConfig:
              f"augment must name augmentations from {', '.join(AUGMENTATIONS)}"),
             (0 < self.di_min_scale <= 1, "di_min_scale must be in (0, 1]"),
             (0 < self.sgm_gamma <= 1, "sgm_gamma must be in (0, 1]"),
-            (self.relu_tau >= 0, "relu_tau must be >= 0"),
+            (self.relu_width >= 0, "relu_width must be >= 0"),
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
@@ -163,10 +166,11 @@ class AttackConfig:
 
 
 # The classic L-inf transfer attack of the contest's top teams: DI-MI-FGSM with a CW margin
-# loss, 16/255, 80 steps, momentum 1.0, DI p = 0.7, one stage (no minimal budget).
+# loss, 16/255, 80 steps, momentum 1.0, DI p = 0.7, one stage (no minimal budget), exact
+# gradients.
 PIXEL_BASELINE = AttackConfig(
     families=("pixel",), stages=1, steps=80, momentum=1.0, loss="margin",
-    di_prob=0.7, work_size=0, refine=0,
+    di_prob=0.7, work_size=0, refine=0, sgm_gamma=1.0, relu_width=0.0,
 )
 
 # Named starting points for `generate --preset`; every other option overrides them.
@@ -296,10 +300,14 @@ class Attack:
         ``self.composite.prepare(x_work)``, computed once per batch.
         """
         cfg = self.config
-        x_adv = self.composite.apply(x_work, params, prepared)
         # Augmentations transform the models' input, as in the DI paper: at full size (the
-        # pixel and texture families) that puts their resampling on a fifth of the pixels.
-        x_in = self.ensemble.to_input_size(x_adv)
+        # pixel and texture families) that puts their resampling on a fifth of the pixels,
+        # and so does a global grade that ends the chain.
+        if cfg.lpips_weight > 0:
+            x_adv = self.composite.apply(x_work, params, prepared)
+            x_in = self.ensemble.to_input_size(x_adv)
+        else:
+            x_in = self.composite.apply(x_work, params, prepared, self.ensemble.to_input_size)
         x_in = torch.cat([augment(x_in, cfg.augment, generators, self.augment_options)
                           for _ in range(cfg.copies)])
         if cfg.blur_sigma > 0:
@@ -373,6 +381,12 @@ class Attack:
                     p = p.detach() + limits[k] * step * v.sign()
                     params[k][idx] = torch.maximum(torch.minimum(p, limits[k]), -limits[k])
 
+    def surrogate(self) -> AbstractContextManager[int]:
+        """A block within which the attack models back-propagate the configured surrogate
+        gradients (:mod:`unrestrict.surrogate`); :meth:`run` works inside one."""
+        return surrogate_gradients(self.ensemble,
+                                   Surrogate(self.config.sgm_gamma, self.config.relu_width))
+
     def pad(self, t: Tensor) -> Tensor:
         """``t`` with rows repeated up to ``fixed_batch`` (unchanged when there is none)."""
         return pad_rows(t, self.fixed_batch) if self.fixed_batch else t
@@ -422,8 +436,7 @@ class Attack:
             raise ValueError(f"{len(seeds)} seeds for {n} images")
         if len(self.chunks(n)) > 1:
             return [r for c in self.chunks(n) for r in self.run(x[c], y[c], seeds[c])]
-        surrogate = Surrogate(self.config.sgm_gamma, self.config.relu_tau)
-        with surrogate_gradients(self.ensemble, surrogate):
+        with self.surrogate():
             return self._run(self.pad(x), self.pad(y), seeds, n)
 
     def _run(self, x: Tensor, y: Tensor, seeds: list[int], n: int) -> list[ImageResult]:

@@ -9,9 +9,12 @@ judged result stay exactly those of the real model:
   residual branch, so the branch passes gamma of its gradient and the skip all of it: the
   attack leans on the shallow features that architectures share. Outside residual branches
   it scales every path alike, which a sign step ignores.
-* smooth rectifier (in the spirit of LinBP and BPA): the 0/1 derivative of a rectifier
-  replaced by that of a softplus of temperature ``tau`` (pre-activation units), so gradient
-  also flows through units just below their threshold.
+* smooth rectifier (in the spirit of LinBP and BPA): the 0/1 step of a rectifier's
+  derivative at zero replaced by a linear ramp from 0 at ``-width`` to 1 at ``+width``
+  (pre-activation units; the derivative of a ReLU with a quadratic knee), so gradient also
+  flows through units just below their threshold; ReLU6's cap at 6 stays a hard cut. Only
+  exactly rounded operations (no exp): an image's gradient stays independent of where it
+  sits in a batch, which vectorised transcendental functions do not promise.
 """
 
 from __future__ import annotations
@@ -30,32 +33,34 @@ __all__ = ["Surrogate", "surrogate_gradients"]
 @dataclass(frozen=True)
 class Surrogate:
     gamma: float = 1.0  # share of the gradient a residual branch keeps (1: exact)
-    tau: float = 0.0  # softplus temperature of the rectifier derivative (0: exact)
+    width: float = 0.0  # half-width of the rectifier derivative's ramp (0: exact)
 
     @property
     def exact(self) -> bool:
-        return self.gamma == 1.0 and self.tau == 0.0
+        return self.gamma == 1.0 and self.width == 0.0
 
 
 class _Rectifier(torch.autograd.Function):
-    """clamp(x, 0, upper) forward; the surrogate derivative backward."""
+    """clamp(x, 0, upper) forward; the surrogate derivative backward, in torch's fused
+    activation-backward kernels (these are a MobileNet's largest tensors: every extra
+    elementwise pass over them is a visible share of a CPU step)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, upper: float, scale: float, tau: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, upper: float, scale: float, width: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        ctx.upper, ctx.scale, ctx.tau = upper, scale, tau
+        ctx.upper, ctx.scale, ctx.width = upper, scale, width
         return x.clamp(0, upper)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        if ctx.tau > 0:
-            d = torch.sigmoid(x / ctx.tau)
-            if math.isfinite(ctx.upper):
-                d = d - torch.sigmoid((x - ctx.upper) / ctx.tau)
+        aten = torch.ops.aten
+        if ctx.width > 0:  # g * ramp(x), then ReLU6's cap as a hard cut
+            ramp = x.mul(0.5 / ctx.width).add_(0.5).clamp_(0, 1)
+            d = aten.hardtanh_backward(ramp.mul_(g), x, -math.inf, ctx.upper)
         else:
-            d = ((x > 0) & (x < ctx.upper)).to(g.dtype)
-        return g * d * ctx.scale, None, None, None
+            d = aten.hardtanh_backward(g, x, 0.0, ctx.upper)
+        return (d if ctx.scale == 1 else d.mul_(ctx.scale)), None, None, None
 
 
 _UPPER = {nn.ReLU: math.inf, nn.ReLU6: 6.0}
@@ -66,32 +71,28 @@ def surrogate_gradients(model: nn.Module, surrogate: Surrogate) -> Iterator[int]
     """Within the block, ``model``'s ReLU and ReLU6 modules back-propagate ``surrogate``.
 
     Yields how many activations were changed. Forward values are unchanged; passes without
-    gradients run the real modules untouched. In-place activations run out of place while
-    the block lasts (the surrogate needs their input).
+    gradients run the real modules. The modules' ``forward`` is swapped for the block's
+    length (a hook would compute each activation twice).
     """
     if surrogate.exact:
         yield 0
         return
     scale = math.sqrt(surrogate.gamma)
-    handles, inplace = [], []
+    changed = []
     for m in model.modules():
         upper = _UPPER.get(type(m))
         if upper is None:
             continue
 
-        def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor,
-                 upper: float = upper) -> Tensor | None:
-            if not torch.is_grad_enabled():
-                return None
-            return _Rectifier.apply(args[0], upper, scale, surrogate.tau)
+        def forward(x: Tensor, real=m.forward, upper: float = upper) -> Tensor:
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                return real(x)
+            return _Rectifier.apply(x, upper, scale, surrogate.width)
 
-        handles.append(m.register_forward_hook(hook))
-        inplace.append((m, m.inplace))
-        m.inplace = False
+        m.forward = forward  # an instance attribute: shadows the class's method
+        changed.append(m)
     try:
-        yield len(handles)
+        yield len(changed)
     finally:
-        for h in handles:
-            h.remove()
-        for m, flag in inplace:
-            m.inplace = flag
+        for m in changed:
+            del m.forward
