@@ -183,7 +183,8 @@ PRESETS: dict[str, AttackConfig] = {
 }
 PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail plus a mild global colour grade, "
-               "staged per-image budget checked on the validation models",
+               "staged per-image budget checked on the validation models, surrogate "
+               "gradients for transfer",
     "subtle": "natural with half the texture bounds: fewer held-out models fooled, far more "
               "results that stay within every naturalness limit",
     "baseline": "the contest teams' L-inf DI-MI-FGSM: 16/255, 80 steps, CW margin, DI p=0.7",
