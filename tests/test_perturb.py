@@ -385,14 +385,24 @@ def test_family_options_are_typed():
     assert fam.config.rotation == 2.5 and fam.config.flow_grid == 4
 
 
-def test_upsample_field_is_torch_bicubic():
+@pytest.mark.parametrize("grid", [(4, 7), (60, 45)])  # a dense product; banded blocks
+def test_upsample_field_is_torch_bicubic(grid):
     import torch.nn.functional as F
 
-    from unrestrict.perturb.base import upsample_field
+    from unrestrict.perturb.base import _banded_weights, upsample_field
 
-    g = torch.randn(2, 5, 4, 7, dtype=torch.float64)
-    ref = F.interpolate(g, size=(33, 50), mode="bicubic", align_corners=True)
-    torch.testing.assert_close(upsample_field(g, 33, 50), ref, atol=1e-12, rtol=0)
+    g = torch.randn(2, 5, *grid, dtype=torch.float64)
+    size = (grid[0] * 5 + 3, grid[1] * 7 + 1)
+    banded = _banded_weights(grid[0], size[0], g.device, g.dtype, "bicubic") is not None
+    assert banded == (grid[0] > 10)
+    ref = F.interpolate(g, size=size, mode="bicubic", align_corners=True)
+    torch.testing.assert_close(upsample_field(g, *size), ref, atol=1e-12, rtol=0)
+    g.requires_grad_(True)  # and its gradient is the transposed products'
+    w = torch.randn(2, 5, *size, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((upsample_field(g, *size) * w).sum(), g)
+    (theirs,) = torch.autograd.grad((F.interpolate(g, size=size, mode="bicubic",
+                                                   align_corners=True) * w).sum(), g)
+    torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
     const = torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64)
     torch.testing.assert_close(upsample_field(const, 20, 20), torch.full((1, 1, 20, 20), 0.3,
                                                                           dtype=torch.float64))

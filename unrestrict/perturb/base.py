@@ -134,6 +134,7 @@ FAMILIES: dict[str, type[Family]] = {}
 FAMILY_ORDER: list[str] = []
 
 F_ = TypeVar("F_", bound=type[Family])
+T = TypeVar("T")
 
 
 def register_family(cls: F_) -> F_:
@@ -215,7 +216,7 @@ def clamp_unit(x: Tensor) -> Tensor:
     return _ClampUnit.apply(x) if torch.is_grad_enabled() and x.requires_grad else x.clamp(0, 1)
 
 
-def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def cached_constant(fn: Callable[..., T]) -> Callable[..., T]:
     """Memoise a builder of constant tensors (arguments: hashables such as sizes, device, dtype).
 
     The loop needs the same small constants (interpolation matrices, colour-space bases) at
@@ -226,7 +227,7 @@ def cached_constant(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """
 
     @functools.lru_cache(maxsize=128)
-    def build(*args: Any) -> Tensor:
+    def build(*args: Any) -> T:
         with torch.inference_mode(False), torch.no_grad():
             return fn(*args)
 
@@ -269,6 +270,45 @@ def cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtyp
     return interpolation_weights(steps, size, device, dtype, "bicubic")
 
 
+# Output samples per block of a banded interpolation product (see _banded_weights).
+BLOCK = 32
+
+
+@cached_constant
+def _banded_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype,
+                    mode: str) -> tuple[Tensor, Tensor] | None:
+    """The (size, steps) interpolation matrix cut into blocks of BLOCK output samples, each
+    with the L consecutive grid samples it reads: (K, BLOCK, L) weights and (K * L,) grid
+    indices. ``None`` when a block would read more than half the grid (small grids): a
+    dense product is then cheaper."""
+    w = interpolation_weights(steps, size, device, dtype, mode)
+    k = -(-size // BLOCK)
+    padded = torch.zeros(k * BLOCK, steps, device=device, dtype=dtype)
+    padded[:size] = w
+    used = padded.view(k, BLOCK, steps).ne(0).any(1)  # (K, steps): what each block reads
+    first = used.float().argmax(1)
+    last = steps - 1 - used.flip(1).float().argmax(1)
+    span = int((last - first).max()) + 1
+    if 2 * span > steps:
+        return None
+    start = first.clamp(max=steps - span)
+    index = (start[:, None] + torch.arange(span, device=device)).flatten()
+    blocks = padded.view(k, BLOCK, steps).gather(2, index.view(k, 1, span).expand(-1, BLOCK, -1))
+    return blocks.contiguous(), index
+
+
+def _interpolate_rows(x: Tensor, size: int, mode: str) -> Tensor:
+    """(N, steps, C) -> (N, size, C): the interpolation along the middle axis."""
+    steps = x.shape[1]
+    banded = _banded_weights(steps, size, x.device, x.dtype, mode)
+    if banded is None:
+        return torch.matmul(interpolation_weights(steps, size, x.device, x.dtype, mode), x)
+    blocks, index = banded
+    k, block, span = blocks.shape
+    windows = x.index_select(1, index).view(x.shape[0], k, span, x.shape[2])
+    return torch.matmul(blocks, windows).view(x.shape[0], k * block, x.shape[2])[:, :size]
+
+
 def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic") -> Tensor:
     """A dense field from a coarse per-image grid: (B, C, g, h) -> (B, C, H, W).
 
@@ -276,18 +316,18 @@ def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic")
     Bicubic (the default) is C1-smooth but overshoots between points of opposite sign;
     ``"bilinear"`` and ``"bspline"`` never leave the range of the grid's values, so a bound on
     the grid is a bound on the field (the B-spline is C2-smooth: no kinks at the grid points,
-    so no fine detail of its own). All are separable and applied as two small matrix
-    products: on the CPU the backward of ``F.interpolate(mode="bicubic")`` costs more than the
-    rest of a colour step, the matrix form a few percent of it.
+    so no fine detail of its own). All are separable and applied as matrix products, one
+    axis at a time: on the CPU the backward of ``F.interpolate(mode="bicubic")`` costs more
+    than the rest of a colour step. Each output sample reads only four grid samples, so on a
+    large grid the matrix is cut into blocks of consecutive outputs, each multiplying only
+    the grid samples it reads (a dense product would mostly multiply zeros).
     """
     if grid.shape[-2:] == (height, width):
         return grid
-    rows = interpolation_weights(grid.shape[-2], height, grid.device, grid.dtype, mode)
-    cols = interpolation_weights(grid.shape[-1], width, grid.device, grid.dtype, mode)
-    # Columns first: the same products in the other order, but the full-size result then
-    # comes from one batched product with the row matrix instead of one tall product with
-    # a K of 4, which is slower on the CPU.
-    return torch.matmul(rows, torch.matmul(grid, cols.t()))
+    b, c, gh, gw = grid.shape
+    g = grid.reshape(b * c, gh, gw)
+    cols = _interpolate_rows(g.transpose(1, 2), width, mode)  # (N, W, gh)
+    return _interpolate_rows(cols.transpose(1, 2), height, mode).view(b, c, height, width)
 
 
 def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:
