@@ -91,6 +91,7 @@ def main() -> None:
         settings = {k: SETTINGS[k] for k in wanted}
     ens = create_ensemble(MODELS, device)
     unfolded = create_ensemble(MODELS, device, fold_bn=False)
+    default = Attack(AttackConfig(), ens, device=device)  # for its surrogate gradients
     rows, fold_rows, alone_rows = [], [], []
     for b in (int(v) for v in args.batch_sizes.split(",")):
         gen = torch.Generator().manual_seed(0)
@@ -111,8 +112,8 @@ def main() -> None:
             for i in range(0, len(x), k):
                 raw_step(ens, pad_rows(x[i:i + k], k), pad_rows(y[i:i + k], k))
 
-        def surrogate_pass(x=x, y=y):  # the default's surrogate gradients
-            with Attack(AttackConfig(), ens, device=device).surrogate():
+        def surrogate_pass(x=x, y=y):
+            with default.surrogate():
                 raw_step(ens, x, y)
 
         for label, (ka, kb), other in (
@@ -142,6 +143,7 @@ def main() -> None:
             strength = torch.full((b,), 0.5, device=device)
             idx = torch.arange(b, device=device)
             g = [torch.Generator().manual_seed(i) for i in range(b)]
+
             def raw(attack=attack, x=x, y=y):  # with the setting's own model gradients
                 with attack.surrogate():
                     raw_step(ens, x, y)

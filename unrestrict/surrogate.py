@@ -41,9 +41,8 @@ class Surrogate:
 
 
 class _Rectifier(torch.autograd.Function):
-    """clamp(x, 0, upper) forward; the surrogate derivative backward, in torch's fused
-    activation-backward kernels (these are a MobileNet's largest tensors: every extra
-    elementwise pass over them is a visible share of a CPU step)."""
+    """clamp(x, 0, upper) forward; the surrogate derivative backward, in as few elementwise
+    passes as it takes (these are a MobileNet's largest tensors)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, upper: float, scale: float, width: float) -> Tensor:  # type: ignore[override]
