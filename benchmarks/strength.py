@@ -74,6 +74,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, coarse x0.5": ["--set", "texture.coarse=3.2"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
+    "natural, range gate 0.2": ["--set", "texture.range_margin=0.2"],
+    "natural, range gate 0.35": ["--set", "texture.range_margin=0.35"],
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
@@ -112,6 +114,9 @@ DESCRIPTION = {
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
     "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
                                "contrast exceeds 4/255, in full above 10/255 (default 3, 8)",
+    "natural, range gate 0.2": "the default; texture kept off pixels within 0.2 of the local "
+                               "luminance range from a local extreme (plateaus)",
+    "natural, range gate 0.35": "the range gate with a margin of 0.35",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

@@ -15,6 +15,10 @@ bound below is exact. The map is
   where a change shows as a fringe;
 * times ``(1 - coherence) ** edge_power`` of the structure tensor: a single orientation
   (an edge, a stripe) masks less than texture does;
+* times, with ``range_margin``, a gate on where the pixel sits in its neighbourhood's
+  luminance range: a plateau at the local extreme (white sky between dark branches, a dark
+  gap between bright ones) shows any change of its level as a grey blotch, while pixels
+  between the extremes (edges, continuous texture) hide it;
 * times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below
   ``flat_start``/255, 1 above ``flat_full``/255): pooling spreads a textured area's map a few
   pixels into the flat ones next to it, where a change shows as grain.
@@ -72,6 +76,18 @@ def _activity(luma: Tensor, lo: float, hi: float) -> Tensor:
     return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # hi == lo: a step
 
 
+def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
+    """How far each pixel sits from the extremes of its ``window`` neighbourhood, as a gate:
+    0 at the local minimum or maximum, 1 once ``margin`` of the local range away from both.
+    (B, 1, H, W)."""
+    pad = window // 2
+    padded = F.pad(luma, (pad, pad, pad, pad), mode="replicate")
+    hi = F.max_pool2d(padded, window, stride=1)
+    lo = -F.max_pool2d(-padded, window, stride=1)
+    pos = ((luma - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    return (torch.minimum(pos, 1 - pos) / margin).clamp(max=1)
+
+
 def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
     """Structure-tensor coherence ((l1 - l2) / (l1 + l2))^2 in [0, 1]: 1 on a straight edge,
     near 0 in isotropic texture and in flat regions. (B, 1, H, W)."""
@@ -86,7 +102,8 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 @torch.no_grad()
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
-               flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255)) -> Tensor:
+               flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
+               range_margin: float = 0.0) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -96,6 +113,9 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
         bands: the bands to map, as in :data:`BANDS`.
         flat: local 7x7 luminance std (0-1 units) below which the map is 0, and above which
             it is not reduced.
+        range_margin: 0 (off) or the share of the local luminance range (over the band's
+            window, ``2 * ceil(sigma_1) + 1``) a pixel must sit from both local extremes to get
+            its band's full map; a pixel at either extreme gets none.
 
     Returns:
         (B, len(bands), H, W).
@@ -111,6 +131,8 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
         amp = torch.minimum(local, wide)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
+        if range_margin > 0:
+            amp = amp * _range_position(luma, 2 * math.ceil(s1) + 1, range_margin)
         maps.append(amp * active)
     return torch.cat(maps, 1).to(x.dtype)
 
@@ -127,6 +149,7 @@ class TextureConfig:
     density_scale: float = 3.0
     flat_start: float = FLAT_START  # local 7x7 luminance std (/255): see FLAT_START
     flat_full: float = FLAT_FULL
+    range_margin: float = 0.0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -169,7 +192,8 @@ class TextureFamily(Family):
         on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
-        return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat)}
+        return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat,
+                                         c.range_margin)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
