@@ -547,6 +547,22 @@ def test_texture_change_is_bounded_by_ratio_times_visibility(channels):
     assert comp.limits(params, level)["texture.fine"].item() == pytest.approx(cfg.fine * 0.25)
 
 
+def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():
+    from unrestrict.perturb.texture import visibility
+
+    # Dark one-pixel "branches" on a white sky: every pixel sits at a local extreme, so the
+    # gated maps are 0 there; between the extremes (a continuous texture) most of it stays.
+    sky = torch.ones(1, 3, 96, 96) * 0.95
+    sky[..., ::6, :] = 0.15
+    sky[..., :, ::7] = 0.15
+    assert visibility(sky).amax() > 0.01  # ungated, the branches mask the sky between them
+    assert visibility(sky, range_margin=0.2).amax() == 0
+    texture = _photo()[..., 20:76, 8:40]
+    ungated = visibility(texture).sum((0, 2, 3))
+    gated = visibility(texture, range_margin=0.2).sum((0, 2, 3))
+    assert (gated > 0.6 * ungated).all() and (gated < ungated).all()
+
+
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose

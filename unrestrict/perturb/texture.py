@@ -82,8 +82,11 @@ def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
     (B, 1, H, W)."""
     pad = window // 2
     padded = F.pad(luma, (pad, pad, pad, pad), mode="replicate")
-    hi = F.max_pool2d(padded, window, stride=1)
-    lo = -F.max_pool2d(-padded, window, stride=1)
+
+    def local_max(t: Tensor) -> Tensor:  # separable: rows, then columns
+        return F.max_pool2d(F.max_pool2d(t, (1, window), stride=1), (window, 1), stride=1)
+
+    hi, lo = local_max(padded), -local_max(-padded)
     pos = ((luma - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     return (torch.minimum(pos, 1 - pos) / margin).clamp(max=1)
 
