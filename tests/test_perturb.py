@@ -569,3 +569,5 @@ def test_texture_flat_ramp_must_rise():
 
     with pytest.raises(ConfigError, match="flat_start <= flat_full"):
         compose(["texture"], {"texture": {"flat_start": "9", "flat_full": "4"}})
+    with pytest.raises(ConfigError, match="range_margin"):
+        compose(["texture"], {"texture": {"range_margin": "0.6"}})

@@ -152,6 +152,8 @@ class TextureConfig:
     density_scale: float = 3.0
     flat_start: float = FLAT_START  # local 7x7 luminance std (/255): see FLAT_START
     flat_full: float = FLAT_FULL
+    # Share of the local luminance range a pixel must sit from both extremes to keep its
+    # band's full map (0: off): see visibility().
     range_margin: float = 0.0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
@@ -175,6 +177,9 @@ class TextureFamily(Family):
                              f"{self.config.channels!r}")
         if not 0 <= self.config.flat_start <= self.config.flat_full:
             raise ConfigError("texture needs 0 <= flat_start <= flat_full")
+        if not 0 <= self.config.range_margin <= 0.5:
+            raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
+                              "range from both extremes)")
 
     def _bands(self) -> list[tuple[int, str, int, float]]:
         """(index into the visibility maps, name, stride, ratio) of each band switched on."""
