@@ -51,14 +51,21 @@ def _rows(stem: str) -> tuple[dict, dict[str, dict]]:
     return doc["meta"], rows
 
 
+def _derived_sets(protocol: str) -> list[str]:
+    """Stems of the main strength tables on derived sets (``...-derived-<N>``), without their
+    follow-ups (``...-derived-<N>-<suffix>``), which :func:`_rows` merges into them."""
+    pattern = re.compile(rf"strength-{protocol}-derived-\d+")
+    return sorted(p.stem for p in RESULTS.glob(f"strength-{protocol}-derived-*.json")
+                  if pattern.fullmatch(p.stem))
+
+
 def readme_summary() -> str:
     """A short table for the README, built from the JSON the scripts wrote."""
     lines = ["| measurement | result | target |", "|---|---|---|"]
-    derived = sorted(p.stem for p in RESULTS.glob("strength-*-derived-*.json"))
     sets = [("strength-cross-arch-sample", "cross-arch, sample set"),
-            *((s, "cross-arch, derived set") for s in derived if "cross-arch" in s),
+            *((s, "cross-arch, derived set") for s in _derived_sets("cross-arch")),
             ("strength-same-family-sample", "same-family, sample set"),
-            *((s, "same-family, derived set") for s in derived if "same-family" in s)]
+            *((s, "same-family, derived set") for s in _derived_sets("same-family"))]
     for stem, label in sets:
         doc = _load(stem)
         if not doc:
@@ -185,8 +192,7 @@ def presets_table() -> str:
     presets = (("natural", "natural"), ("subtle", "natural, texture x0.5"),
                ("baseline", "baseline"))
     out = []
-    for stem in ("strength-cross-arch-sample",
-                 *sorted(p.stem for p in RESULTS.glob("strength-cross-arch-derived-*.json"))):
+    for stem in ("strength-cross-arch-sample", *_derived_sets("cross-arch")):
         meta, by = _rows(stem)
         if not all(c in by for _, c in presets):
             continue
