@@ -82,6 +82,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, range gate 0.2, mid+coarse x1.25": ["--set", "texture.range_margin=0.2",
                                                   "--set", "texture.mid=8",
                                                   "--set", "texture.coarse=8"],
+    "natural, range gate 0.2, mid+coarse x1.25, detail 2": [
+        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
+        "--set", "texture.detail_sigma=2"],
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
@@ -129,6 +132,8 @@ DESCRIPTION = {
                                               "bounds",
     "natural, range gate 0.2, mid+coarse x1.25": "the range gate 0.2 with 1.25x the mid and "
                                                  "coarse bounds (fine unchanged)",
+    "natural, range gate 0.2, mid+coarse x1.25, detail 2": "the same, with the flat ramp "
+        "measured on detail only (luminance minus its blur, sigma 2 px)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

@@ -563,6 +563,22 @@ def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():
     assert (gated > 0.6 * ungated).all() and (gated < ungated).all()
 
 
+def test_texture_detail_activity_treats_smooth_shading_as_flat():
+    from unrestrict.perturb.texture import visibility
+
+    # A glossy highlight: a smooth bump with no detail. Its slopes have a large 7x7 std, so
+    # the plain ramp lets the mid and coarse bands change it; measured on detail, none.
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    bump = 0.2 + 0.6 * torch.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 12.0**2))
+    bump = bump.expand(1, 3, 96, 96)
+    assert visibility(bump)[:, 1:].amax() > 0.01
+    assert visibility(bump, detail_sigma=2.0).amax() == 0
+    texture = _photo()[..., 20:76, 8:40]
+    plain = visibility(texture).sum((0, 2, 3))
+    detail = visibility(texture, detail_sigma=2.0).sum((0, 2, 3))
+    assert (detail > 0.5 * plain).all() and (detail <= plain).all()
+
+
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose
@@ -571,3 +587,5 @@ def test_texture_flat_ramp_must_rise():
         compose(["texture"], {"texture": {"flat_start": "9", "flat_full": "4"}})
     with pytest.raises(ConfigError, match="range_margin"):
         compose(["texture"], {"texture": {"range_margin": "0.6"}})
+    with pytest.raises(ConfigError, match="detail_sigma"):
+        compose(["texture"], {"texture": {"detail_sigma": "-1"}})

@@ -21,7 +21,9 @@ bound below is exact. The map is
   between the extremes (edges, continuous texture) hide it;
 * times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below
   ``flat_start``/255, 1 above ``flat_full``/255): pooling spreads a textured area's map a few
-  pixels into the flat ones next to it, where a change shows as grain.
+  pixels into the flat ones next to it, where a change shows as grain. With ``detail_sigma``
+  the std is of the luminance's detail only (minus its blur), so smooth shading on a glossy
+  or curved surface, where a change shows as mottling, counts as flat too.
 
 Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
 k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
@@ -67,9 +69,12 @@ UPSAMPLE = "bspline"
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
 
-def _activity(luma: Tensor, lo: float, hi: float) -> Tensor:
-    """0 where the 7x7 luminance std is below ``lo``, 1 above ``hi``, linear between.
-    (B, 1, H, W)."""
+def _activity(luma: Tensor, lo: float, hi: float, detail_sigma: float = 0.0) -> Tensor:
+    """0 where the 7x7 luminance std is below ``lo``, 1 above ``hi``, linear between. With
+    ``detail_sigma`` the std is taken of the luminance minus its Gaussian blur of that sigma,
+    so smooth shading (a gradient, a glossy highlight's flank) counts as flat. (B, 1, H, W)."""
+    if detail_sigma > 0:
+        luma = luma - _blur(luma, detail_sigma)
     padded = F.pad(luma, (3, 3, 3, 3), mode="replicate")
     mean = F.avg_pool2d(padded, 7, stride=1)
     std = (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
@@ -106,7 +111,7 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
-               range_margin: float = 0.0) -> Tensor:
+               range_margin: float = 0.0, detail_sigma: float = 0.0) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -119,12 +124,14 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
         range_margin: 0 (off) or the share of the local luminance range (over the band's
             window, ``2 * ceil(sigma_1) + 1``) a pixel must sit from both local extremes to get
             its band's full map; a pixel at either extreme gets none.
+        detail_sigma: 0, or measure ``flat`` on the luminance minus its blur of this sigma
+            (detail only), not on the luminance itself.
 
     Returns:
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
-    active = _activity(luma, *flat)
+    active = _activity(luma, *flat, detail_sigma)
     maps = []
     for _, (s0, s1), _ in bands:
         band = _blur(luma, s0) - _blur(luma, s1)
@@ -155,6 +162,9 @@ class TextureConfig:
     # Share of the local luminance range a pixel must sit from both extremes to keep its
     # band's full map (0: off): see visibility().
     range_margin: float = 0.0
+    # Gaussian sigma (px) of the blur subtracted from the luminance before flat_start/flat_full
+    # measure it (0: the plain std, which counts smooth shading as activity).
+    detail_sigma: float = 0.0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -177,6 +187,8 @@ class TextureFamily(Family):
                              f"{self.config.channels!r}")
         if not 0 <= self.config.flat_start <= self.config.flat_full:
             raise ConfigError("texture needs 0 <= flat_start <= flat_full")
+        if self.config.detail_sigma < 0:
+            raise ConfigError("texture detail_sigma must be >= 0 (0: plain luminance std)")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -201,7 +213,7 @@ class TextureFamily(Family):
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
         return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat,
-                                         c.range_margin)}
+                                         c.range_margin, c.detail_sigma)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
