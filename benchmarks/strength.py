@@ -85,6 +85,12 @@ CONFIGS: dict[str, list[str]] = {
     "natural, range gate 0.2, mid+coarse x1.25, detail 2": [
         "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
         "--set", "texture.detail_sigma=2"],
+    "natural, range gate 0.2, mid+coarse x1.25, detail 4": [
+        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
+        "--set", "texture.detail_sigma=4"],
+    "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": [
+        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
+        "--set", "texture.detail_sigma=2", "--copies", "2"],
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
@@ -134,6 +140,10 @@ DESCRIPTION = {
                                                  "coarse bounds (fine unchanged)",
     "natural, range gate 0.2, mid+coarse x1.25, detail 2": "the same, with the flat ramp "
         "measured on detail only (luminance minus its blur, sigma 2 px)",
+    "natural, range gate 0.2, mid+coarse x1.25, detail 4": "the same, detail measured "
+        "above a blur of sigma 4 px",
+    "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": "detail 2 with 2 DI "
+        "copies per step (2 passes a step)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
