@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
+from unrestrict.perturb.texture import TextureConfig
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ _TEX = ("--set", "texture.fine={}", "--set", "texture.mid={}", "--set", "texture
 
 def _texture_budget(scale: float) -> list[str]:
     """The default texture bounds times ``scale``: one point of the frontier."""
-    f, m, c = (round(v * scale, 3) for v in (3.2, 6.4, 6.4))
+    t = TextureConfig()
+    f, m, c = (round(v * scale, 3) for v in (t.fine, t.mid, t.coarse))
     return [a.format(v) for a, v in zip(_TEX, (None, f, None, m, None, c), strict=True)]
 
 
@@ -71,7 +73,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
-    "natural, coarse x0.5": ["--set", "texture.coarse=3.2"],
+    "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
     "natural, range gate 0.2": ["--set", "texture.range_margin=0.2"],

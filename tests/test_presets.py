@@ -30,7 +30,7 @@ def test_subtle_is_natural_with_half_the_texture_bounds():
 def test_a_family_option_overrides_one_preset_value_and_keeps_the_rest():
     cfg = resolve_preset("subtle", {"texture": {"fine": "2.0"}, "color": {"hue": "0.01"}},
                          steps=7)
-    assert cfg.family_options == {"texture": {"fine": "2.0", "mid": 3.2, "coarse": 3.2},
+    assert cfg.family_options == {"texture": {"fine": "2.0", "mid": 4.0, "coarse": 4.0},
                                   "color": {"hue": "0.01"}}
     assert cfg.steps == 7
     assert PRESETS["subtle"].family_options["texture"]["fine"] == 1.6  # preset untouched

@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
+from .perturb.texture import TextureConfig
 from .settings import setting
 from .surrogate import Surrogate, surrogate_gradients
 
@@ -177,8 +178,8 @@ PIXEL_BASELINE = AttackConfig(
 PRESETS: dict[str, AttackConfig] = {
     "natural": AttackConfig(),
     # Half the texture bounds: for rounds judged by people (README: Presets).
-    "subtle": AttackConfig(family_options={"texture": {"fine": 1.6, "mid": 3.2,
-                                                       "coarse": 3.2}}),
+    "subtle": AttackConfig(family_options={"texture": {
+        band: getattr(TextureConfig, band) / 2 for band in ("fine", "mid", "coarse")}}),
     "baseline": PIXEL_BASELINE,
 }
 PRESET_HELP: dict[str, str] = {

@@ -152,8 +152,8 @@ class TextureConfig:
     """Bounds at full strength, as ratios of the original's own local band amplitude."""
 
     fine: float = 3.2  # 0 switches the band off
-    mid: float = 6.4
-    coarse: float = 6.4
+    mid: float = 8.0
+    coarse: float = 8.0
     channels: Literal["luma", "rgb"] = "luma"
     edge_power: float = 1.0
     density_scale: float = 3.0
@@ -161,7 +161,7 @@ class TextureConfig:
     flat_full: float = FLAT_FULL
     # Share of the local luminance range a pixel must sit from both extremes to keep its
     # band's full map (0: off): see visibility().
-    range_margin: float = 0.0
+    range_margin: float = 0.2
     # Gaussian sigma (px) of the blur subtracted from the luminance before flat_start/flat_full
     # measure it (0: the plain std, which counts smooth shading as activity).
     detail_sigma: float = 0.0
