@@ -69,15 +69,21 @@ UPSAMPLE = "bspline"
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
 
+def _local_std(t: Tensor) -> Tensor:
+    padded = F.pad(t, (3, 3, 3, 3), mode="replicate")
+    mean = F.avg_pool2d(padded, 7, stride=1)
+    return (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
+
+
 def _activity(luma: Tensor, lo: float, hi: float, detail_sigma: float = 0.0) -> Tensor:
     """0 where the 7x7 luminance std is below ``lo``, 1 above ``hi``, linear between. With
-    ``detail_sigma`` the std is taken of the luminance minus its Gaussian blur of that sigma,
-    so smooth shading (a gradient, a glossy highlight's flank) counts as flat. (B, 1, H, W)."""
+    ``detail_sigma``, the smaller of that std and the one of the luminance minus its Gaussian
+    blur of that sigma: smooth shading (a gradient, a glossy highlight's flank) counts as flat,
+    and the blur's spread of a strong edge does not wake the flat pixels beside it.
+    (B, 1, H, W)."""
+    std = _local_std(luma)
     if detail_sigma > 0:
-        luma = luma - _blur(luma, detail_sigma)
-    padded = F.pad(luma, (3, 3, 3, 3), mode="replicate")
-    mean = F.avg_pool2d(padded, 7, stride=1)
-    std = (F.avg_pool2d(padded * padded, 7, stride=1) - mean * mean).clamp_min(0).sqrt()
+        std = torch.minimum(std, _local_std(luma - _blur(luma, detail_sigma)))
     return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # hi == lo: a step
 
 
