@@ -93,6 +93,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": [
         "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
         "--set", "texture.detail_sigma=2", "--copies", "2"],
+    "natural, detail 2": ["--set", "texture.detail_sigma=2"],
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
@@ -146,6 +147,7 @@ DESCRIPTION = {
         "above a blur of sigma 4 px",
     "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": "detail 2 with 2 DI "
         "copies per step (2 passes a step)",
+    "natural, detail 2": "the default with the flat ramp on detail only (sigma 2 px)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
