@@ -76,24 +76,15 @@ CONFIGS: dict[str, list[str]] = {
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
-    "natural, range gate 0.2": ["--set", "texture.range_margin=0.2"],
+    # Results of configurations removed since keep their own commands in results/.
+    "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
+                             "--set", "texture.coarse=6.4"],
+    "natural, no range gate": ["--set", "texture.range_margin=0"],
     "natural, range gate 0.35": ["--set", "texture.range_margin=0.35"],
-    "natural, range gate 0.2, 30 steps": ["--set", "texture.range_margin=0.2", "--steps", "30"],
-    "natural, range gate 0.2, texture x1.25": ["--set", "texture.range_margin=0.2",
-                                               *_texture_budget(1.25)],
-    "natural, range gate 0.2, mid+coarse x1.25": ["--set", "texture.range_margin=0.2",
-                                                  "--set", "texture.mid=8",
-                                                  "--set", "texture.coarse=8"],
-    "natural, range gate 0.2, mid+coarse x1.25, detail 2": [
-        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
-        "--set", "texture.detail_sigma=2"],
-    "natural, range gate 0.2, mid+coarse x1.25, detail 4": [
-        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
-        "--set", "texture.detail_sigma=4"],
-    "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": [
-        "--set", "texture.range_margin=0.2", "--set", "texture.mid=8", "--set", "texture.coarse=8",
-        "--set", "texture.detail_sigma=2", "--copies", "2"],
+    "natural, 30 steps": ["--steps", "30"],
     "natural, detail 2": ["--set", "texture.detail_sigma=2"],
+    "natural, detail 4": ["--set", "texture.detail_sigma=4"],
+    "natural, detail 2, 2 copies": ["--set", "texture.detail_sigma=2", "--copies", "2"],
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
     "natural, failures unchanged": ["--on-failure", "original"],
     "natural, failures ensemble-minimal": ["--on-failure", "ensemble"],
@@ -132,22 +123,14 @@ DESCRIPTION = {
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
     "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
                                "contrast exceeds 4/255, in full above 10/255 (default 3, 8)",
-    "natural, range gate 0.2": "the default; texture kept off pixels within 0.2 of the local "
-                               "luminance range from a local extreme (plateaus)",
-    "natural, range gate 0.35": "the range gate with a margin of 0.35",
-    "natural, range gate 0.2, 30 steps": "the range gate 0.2 with 30 steps per stage (1.5x "
-                                         "the default's passes)",
-    "natural, range gate 0.2, texture x1.25": "the range gate 0.2 with 1.25x the texture "
-                                              "bounds",
-    "natural, range gate 0.2, mid+coarse x1.25": "the range gate 0.2 with 1.25x the mid and "
-                                                 "coarse bounds (fine unchanged)",
-    "natural, range gate 0.2, mid+coarse x1.25, detail 2": "the same, with the flat ramp "
-        "measured on detail only (luminance minus its blur, sigma 2 px)",
-    "natural, range gate 0.2, mid+coarse x1.25, detail 4": "the same, detail measured "
-        "above a blur of sigma 4 px",
-    "natural, range gate 0.2, mid+coarse x1.25, detail 2, 2 copies": "detail 2 with 2 DI "
-        "copies per step (2 passes a step)",
+    "natural, old texture": "the texture defaults before the range gate: no gate, mid and "
+                            "coarse bounds 6.4",
+    "natural, no range gate": "the default without the range gate (texture.range_margin 0)",
+    "natural, range gate 0.35": "the default with a range-gate margin of 0.35",
+    "natural, 30 steps": "the default with 30 steps per stage (1.5x its passes)",
     "natural, detail 2": "the default with the flat ramp on detail only (sigma 2 px)",
+    "natural, detail 4": "the default with the flat ramp on detail only (sigma 4 px)",
+    "natural, detail 2, 2 copies": "detail 2 with 2 DI copies per step (2 passes a step)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

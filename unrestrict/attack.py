@@ -179,7 +179,7 @@ PRESETS: dict[str, AttackConfig] = {
     "natural": AttackConfig(),
     # Half the texture bounds: for rounds judged by people (README: Presets).
     "subtle": AttackConfig(family_options={"texture": {
-        band: getattr(TextureConfig, band) / 2 for band in ("fine", "mid", "coarse")}}),
+        band: getattr(TextureConfig(), band) / 2 for band in ("fine", "mid", "coarse")}}),
     "baseline": PIXEL_BASELINE,
 }
 PRESET_HELP: dict[str, str] = {
