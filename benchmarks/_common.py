@@ -100,7 +100,9 @@ def code_version() -> str:
              ":(exclude)benchmarks/results"],
             cwd=ROOT, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+        # A copied tree (a GPU machine's): whoever copied it may say which commit it was.
+        sent = os.environ.get("BENCH_COMMIT")
+        return f"`{sent}` (a copy of it)" if sent else "unknown (not a git checkout)"
     return f"`{head}`" + (" + uncommitted changes" if dirty.strip() else "")
 
 

@@ -16,7 +16,8 @@ import re
 from _common import RESULTS, ROOT
 
 ORDER = ["strength-cross-arch-sample", "strength-cross-arch-derived", "strength-same-family",
-         "naturalness", "step_overhead", "memory", "prescan", "score_speed", "lpips_cost"]
+         "gpu-strength", "naturalness", "step_overhead", "memory", "prescan", "score_speed",
+         "lpips_cost"]
 HEADER = """# Benchmark results
 
 Produced by the scripts in this folder; each table below was written by the script named in
