@@ -91,6 +91,10 @@ def command_line() -> str:
 
 
 def code_version() -> str:
+    # Whoever copied the tree elsewhere (a GPU machine) says which commit it was: a copy's own
+    # git metadata can be stale.
+    if sent := os.environ.get("BENCH_COMMIT"):
+        return f"`{sent}` (as sent to this machine)"
     # The results folder is left out: a script rewrites its own tables there.
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
@@ -100,9 +104,7 @@ def code_version() -> str:
              ":(exclude)benchmarks/results"],
             cwd=ROOT, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        # A copied tree (a GPU machine's): whoever copied it may say which commit it was.
-        sent = os.environ.get("BENCH_COMMIT")
-        return f"`{sent}` (a copy of it)" if sent else "unknown (not a git checkout)"
+        return "unknown (not a git checkout)"
     return f"`{head}`" + (" + uncommitted changes" if dirty.strip() else "")
 
 
