@@ -235,6 +235,35 @@ def presets_table() -> str:
                       "row `natural, texture x0.5`, the same settings):\n", *out])
 
 
+def gpu_sentence() -> str:
+    """What the attacks cost and gave on a GPU, from the gpu-strength tables."""
+    parts = []
+    for stem in ("gpu-strength-cross-arch-sample", *_derived_sets("cross-arch", prefix="gpu-")):
+        doc = _load(stem)
+        if not doc:
+            continue
+        by = {r["config"]: r for r in doc["rows"]}
+        cpu = {r["config"]: r for r in (_load(stem.removeprefix("gpu-")) or {"rows": []})["rows"]}
+        if "natural" not in by:
+            continue
+        m, n = doc["meta"]["eval_models"][0], doc["meta"]["n_images"]
+        g = by["natural"]
+        text = (f"{doc['meta']['input']} ({n} images): {g['seconds_per_image']:.2f} s per image "
+                f"(model loading included), fooling {m} on {g['asr_per_model'][m] * n:.0f}")
+        if "natural" in cpu:
+            c = cpu["natural"]
+            text += (f" (the 2-core CPU: {c['seconds_per_image']:.1f} s per image, "
+                     f"{c['asr_per_model'][m] * n:.0f})")
+        parts.append(text)
+    if not parts:
+        return ""
+    device = _load("gpu-strength-cross-arch-sample")["meta"]["device"].split(";")[0]
+    return (f"Measured with the default settings (`-b 8`, cross-arch models; "
+            f"`benchmarks/strength.py --phase generate`, {device.removeprefix('generate on ')}): "
+            + "; ".join(parts) + ". See the `gpu-strength` tables in "
+            "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
+
+
 def lpips_cost_sentence() -> str:
     doc = _load("lpips_cost-cpu")
     if not doc:
@@ -260,6 +289,7 @@ def update_readme() -> None:
     text = _fill(text, "failure-policy", failure_policy_table())
     text = _fill(text, "presets", presets_table())
     text = _fill(text, "lpips-cost", lpips_cost_sentence())
+    text = _fill(text, "gpu", gpu_sentence())
     readme.write_text(_fill(text, "quickstart", quickstart_sentence()))
 
 
