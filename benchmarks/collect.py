@@ -82,16 +82,18 @@ def readme_summary() -> str:
         size = doc["meta"]["n_images"]
 
         def natural(r: dict) -> str:
+            tone = f"{r['tone_shift']:.1f}" if "tone_shift" in r else "-"
             return (f"{r['lpips']:.3f} / {r['color_drift']:.2f}, {r['color_drift_p95']:.2f} / "
                     f"{r['flat_noise']:.2f} / {r['detail_excess']:.2f}, "
-                    f"{r['detail_excess_p95']:.2f}")
+                    f"{r['detail_excess_p95']:.2f} / {tone}")
 
         lines.append(
             f"| held-out {m} ASR, natural vs L-inf baseline ({label}, {size} images) | "
             f"{n['asr_per_model'][m]:.3f} vs {b['asr_per_model'][m]:.3f} | >= baseline |")
         lines.append(
-            f"| LPIPS / drift mean, p95 / flat noise / detail mean, p95, natural vs baseline "
-            f"({label}) | {natural(n)} vs {natural(b)} | <= 0.08 / 1.5, 3 / 1.2 / 0.3, 0.6 |")
+            f"| LPIPS / drift mean, p95 / flat noise / detail mean, p95 / tone shift, natural vs "
+            f"baseline ({label}) | {natural(n)} vs {natural(b)} | <= 0.08 / 1.5, 3 / 1.2 / 0.3, "
+            "0.6 / 3 |")
         if n.get("passes_per_image") and b.get("passes_per_image"):
             lines.append(f"| attack passes per image, natural vs baseline ({label}) | "
                          f"{n['passes_per_image']:.0f} vs {b['passes_per_image']:.0f} "

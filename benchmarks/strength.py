@@ -173,7 +173,7 @@ DESCRIPTION = {
                                                       "(with per-channel curves) + style",
 }
 NATURAL_KEYS = ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
-                "detail_excess_p95", "within_limits", "natural_success")
+                "detail_excess_p95", "tone_shift", "within_limits", "natural_success")
 
 
 def _quoted(command: str) -> str:
@@ -212,7 +212,7 @@ def contact_sheet(input_dir: Path, out: Path, per_image: Path, path: Path,
         cells.append((*thumbnails(input_dir, out, r["ImageId"], thumb), [
             f"{r['ImageId']}  fooled {r['fooled_models']}  LPIPS {float(r['lpips']):.3f}",
             f"drift {float(r['color_drift_p95']):.1f}  flat {float(r['flat_noise']):.1f}  "
-            f"detail {float(r['detail_excess_p95']):.2f}"]))
+            f"detail {float(r['detail_excess_p95']):.2f}  tone {float(r['tone_shift']):.1f}"]))
     sheet(cells, path, thumb=thumb, cols=4, quality=88)
 
 
@@ -232,6 +232,9 @@ def main() -> None:
     ap.add_argument("--phase", choices=("all", "generate", "score"), default="all",
                     help="generate: attack only, keeping what scoring needs in each result "
                          "set; score: score the sets an earlier --phase generate left")
+    ap.add_argument("--rescore", type=Path, default=None,
+                    help="score again the result sets of an earlier results .json (same "
+                         "--input), keeping its attack columns")
     ap.add_argument("--render", type=Path, default=None,
                     help="only re-render the table of an existing results .json")
     args = ap.parse_args()
@@ -242,6 +245,11 @@ def main() -> None:
             doc["meta"]["baseline_from"] = str(args.baseline_from)
         path = write_result(args.render.stem, render(doc["meta"], doc["rows"]), doc)
         print(f"wrote {path}")
+        return
+
+    if args.rescore:
+        rescore(args.rescore, args.input,
+                re.split(r",(?=\S)", args.only) if args.only else None)
         return
 
     proto = PROTOCOLS[args.protocol]
@@ -273,39 +281,21 @@ def main() -> None:
         generated_on.add((g["device"], g["command"]))
         written = int(re.search(r"(\d+) written", g["stdout"]).group(1))
         val = re.search(r"fooled validation models (\d+)/(\d+)", g["stdout"])
-        js, per_image = out / ".unrestrict" / "score.json", out / ".unrestrict" / "score.csv"
-        s = run(unrestrict("score", str(args.input), str(out), "--eval-models",
-                           ",".join(proto.eval), "--json", str(js), "--csv", str(per_image),
-                           "-q"))
-        summary = json.loads(js.read_text())
         row = {
             "config": name, "description": DESCRIPTION.get(name, ""),
-            "asr": summary["asr"], "asr_per_model": summary["asr_per_model"],
-            "lpips": summary["lpips"], "fid": summary["fid"], "score": summary["score"],
-            "clean_accuracy": summary["clean_accuracy"],
-            **{k: summary[k] for k in NATURAL_KEYS},
-            # 100 * ASR * LPIPS factor: the formula without its FID term, because FID from
-            # a few dozen images is dominated by its small-sample bias.
-            "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
+            **score_columns(args.input, out, proto),
             # Share of images that fooled the budget-check model after the JPEG round trip.
             "val_success": int(val.group(1)) / int(val.group(2)) if val else None,
             "passes_per_image": _mean_passes(out),
             "bytes_per_image": _mean_bytes(out),
             "seconds_per_image": g["seconds"] / max(written, 1),
-            "n_images": summary["n_images"],
             "generate": shown_command(gen),
-            "score_seconds": s.seconds,
         }
         rows.append(row)
-        per = "  ".join(f"{m} {v:.3f}" for m, v in row["asr_per_model"].items())
-        print(f"{name:>22}: ASR {per}  LPIPS {row['lpips']:.4f}  drift "
-              f"{row['color_drift']:.2f}/{row['color_drift_p95']:.2f}  flat "
-              f"{row['flat_noise']:.2f}  detail {row['detail_excess']:.3f}/"
-              f"{row['detail_excess_p95']:.3f}  passes {row['passes_per_image']}  "
-              f"{row['seconds_per_image']:.2f} s/img", flush=True)
+        _print_row(row)
         if (name == DEFAULT_CONFIG and args.phase == "all"
                 and _sheet_wanted(args.input, args.protocol)):
-            contact_sheet(args.input, out, per_image,
+            contact_sheet(args.input, out, out / ".unrestrict" / "score.csv",
                           ROOT / "benchmarks" / "results" / f"contact-{tag}.jpg")
 
     if args.phase == "generate":
@@ -324,6 +314,53 @@ def main() -> None:
         rows = _with_baseline(rows, args.baseline_from)
     path = write_result(tag, render(meta, rows), {"meta": meta, "rows": rows})
     print(f"wrote {path}")
+
+
+def score_columns(input_dir: Path, out: Path, proto: Protocol) -> dict:
+    """Score one result set on the protocol's held-out models: the row's scoring columns."""
+    js, per_image = out / ".unrestrict" / "score.json", out / ".unrestrict" / "score.csv"
+    s = run(unrestrict("score", str(input_dir), str(out), "--eval-models", ",".join(proto.eval),
+                       "--json", str(js), "--csv", str(per_image), "-q"))
+    summary = json.loads(js.read_text())
+    return {
+        "asr": summary["asr"], "asr_per_model": summary["asr_per_model"],
+        "lpips": summary["lpips"], "fid": summary["fid"], "score": summary["score"],
+        "clean_accuracy": summary["clean_accuracy"], "n_images": summary["n_images"],
+        **{k: summary[k] for k in NATURAL_KEYS},
+        # 100 * ASR * LPIPS factor: the formula without its FID term, because FID from
+        # a few dozen images is dominated by its small-sample bias.
+        "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
+        "score_seconds": s.seconds,
+    }
+
+
+def _print_row(row: dict) -> None:
+    per = "  ".join(f"{m} {v:.3f}" for m, v in row["asr_per_model"].items())
+    print(f"{row['config']:>22}: ASR {per}  LPIPS {row['lpips']:.4f}  drift "
+          f"{row['color_drift']:.2f}/{row['color_drift_p95']:.2f}  flat "
+          f"{row['flat_noise']:.2f}  detail {row['detail_excess']:.3f}/"
+          f"{row['detail_excess_p95']:.3f}  tone {row['tone_shift']:.2f}  passes "
+          f"{row['passes_per_image']}  {row['seconds_per_image']:.2f} s/img", flush=True)
+
+
+def rescore(path: Path, input_dir: Path, only: list[str] | None) -> None:
+    """Score again the result sets behind an earlier table (after a scoring change), keeping
+    what the attack runs measured (budget check, passes, bytes, time) and their commands."""
+    doc = json.loads(path.read_text())
+    meta = doc["meta"]
+    if input_dir.name != meta["input"]:
+        raise SystemExit(f"{path} was measured on {meta['input']}, not {input_dir.name}")
+    proto = PROTOCOLS[meta["protocol"]]
+    for row in doc["rows"]:
+        if "measured_by" in row or (only and row["config"] not in only):
+            continue  # a reused baseline row is rescored in its own table
+        out = WORK / meta["tag"] / row["config"]
+        if not (out / ".unrestrict").is_dir():
+            raise SystemExit(f"{out} is missing: the table's result sets are needed")
+        row.update(score_columns(input_dir, out, proto))
+        _print_row(row)
+    meta.setdefault("rescored", []).append(command_line())
+    print(f"wrote {write_result(path.stem, render(meta, doc['rows']), doc)}")
 
 
 GENERATED = "strength-generate.json"  # beside each result set: what scoring needs of the run
@@ -384,25 +421,30 @@ def render(meta: dict, rows: list[dict]) -> str:
           *([f"Generate phase: {_quoted(meta['generate_command'])}  "]
             if "generate_command" in meta else []),
           f"Command: {_quoted(meta['command'])}  ",
+          *[f"Scored again (scoring changed since): {_quoted(c)}  "
+            for c in meta.get("rescored", [])],
           f"{proto.note} `budget check` is the share of results that fool the budget-check "
           "model after the JPEG round trip, as `generate` reported it. Naturalness (see README): "
           "colour drift in delta E (mean / p95 over pixels; limits 1.5 / 3), flat-region noise in "
-          "0-255 RMS (limit 1.2), added fine detail (mean / p95 over blocks; limits 0.3 / 0.6); "
+          "0-255 RMS (limit 1.2), added fine detail (mean / p95 over blocks; limits 0.3 / 0.6), "
+          "tone shift in delta L* (limit 3; `-` where a row predates the measure, and its "
+          "`natural` columns then leave it out); "
           "`natural` is the share of images within every limit, `fooled+natural` the share that "
           "fool every held-out model and stay within every limit. FID from "
           f"{n} images is rank-deficient and biased upwards: compare it between rows only. "
           "`no-FID score` = 100 x mean held-out ASR x LPIPS factor. `passes` = forward+backward "
           "passes of the attack model per image.\n",
           "| config | " + " | ".join(f"ASR {m}" for m in evals) + " | budget check | LPIPS | "
-          "drift | flat noise | detail | natural | fooled+natural | FID (biased) | "
+          "drift | flat noise | detail | tone | natural | fooled+natural | FID (biased) | "
           "no-FID score | vs baseline | passes | s/img |",
-          "|---" * (len(evals) + 13) + "|"]
+          "|---" * (len(evals) + 14) + "|"]
     for r in rows:
         asr = " | ".join(f"{r['asr_per_model'][m]:.3f}" for m in evals)
         md.append(
             f"| {r['config']} | {asr} | {opt(r.get('val_success'), '.3f')} | {r['lpips']:.4f} | "
             f"{r['color_drift']:.2f} / {r['color_drift_p95']:.2f} | {r['flat_noise']:.2f} | "
             f"{r['detail_excess']:.3f} / {r['detail_excess_p95']:.3f} | "
+            f"{opt(r.get('tone_shift'), '.2f')} | "
             f"{r['within_limits']:.3f} | {r['natural_success']:.3f} | {r['fid']:.1f} | "
             f"{r['score_no_fid']:.2f} | {ratio('score_no_fid', r)} | "
             f"{opt(r.get('passes_per_image'), '.0f')} | {r['seconds_per_image']:.2f} |")

@@ -17,6 +17,7 @@ from unrestrict.naturalness import (
     flat_noise,
     global_color_fit,
     naturalness,
+    tone_shift,
     worst_ratio,
 )
 
@@ -113,6 +114,34 @@ def test_recoloured_object_drifts_but_a_global_hue_shift_does_not(photos):
     local = photos * (1 - mask) + shifted * mask
     mean_local, p95_local = color_drift(photos, local)
     assert (p95_local > 2 * color_drift(photos, shifted)[1]).all()
+
+
+def test_tone_shift_sees_a_grade_and_not_grain(photos):
+    # A global exposure change: what colour drift takes out, tone shift must see.
+    brighter = KE.adjust_brightness(photos, 0.06).clamp(0, 1)
+    assert (tone_shift(photos, brighter) > LIMITS["tone_shift"]).all()
+    assert (color_drift(photos, brighter)[0] < LIMITS["color_drift"]).all()
+    # It grows with the change, and a slight one stays under the limit.
+    slight = KE.adjust_brightness(photos, 0.01).clamp(0, 1)
+    assert (tone_shift(photos, slight) < tone_shift(photos, brighter) / 3).all()
+    assert (tone_shift(photos, slight) < LIMITS["tone_shift"]).all()
+    # A contrast grade moves shadows and highlights apart: seen too.
+    contrast = ((photos - 0.5) * 1.5 + 0.5).clamp(0, 1)
+    assert (tone_shift(photos, contrast) > LIMITS["tone_shift"]).all()
+    # Zero-mean grain far above the flat-noise limit averages out in the low-pass.
+    noise = (torch.rand_like(photos) * 2 - 1) * (12 / 255)
+    noisy = (photos + noise).clamp(0, 1)
+    assert (tone_shift(photos, noisy) < 0.5).all()
+    assert (flat_noise(photos, noisy) > LIMITS["flat_noise"]).all() or \
+        (detail_excess(photos, noisy)[0] > LIMITS["detail_excess"]).all()
+
+
+def test_half_size_tone_shift_matches_full_size(photos):
+    big = torch.nn.functional.interpolate(photos, size=(512, 512), mode="bilinear",
+                                          align_corners=False).clamp(0, 1)
+    graded = KE.adjust_gamma(big, 0.8).clamp(0, 1)
+    half, full = tone_shift(big, graded), tone_shift(big, graded, downsample=1)
+    assert half == pytest.approx(full, rel=0.03)
 
 
 def test_rows_and_worst_ratio(photos):

@@ -1,4 +1,4 @@
-"""How edited a result looks to a person, beyond LPIPS: three measures with known blind spots.
+"""How edited a result looks to a person, beyond LPIPS: four measures with known blind spots.
 
 Each takes the original and the result as (B, 3, H, W) floats in [0, 1] and returns per-image
 values (B,); identical images score exactly 0.
@@ -14,6 +14,10 @@ values (B,); identical images score exactly 0.
   the change's luminance against the original's own, per 16x16 block:
   ``sqrt(E_change / (E_original + 1))``. Grain where the original has little fine detail of its
   own (blurred backgrounds, bokeh), which flat-region noise misses.
+* :func:`tone_shift` -- lightness change at large scale: mean CIELAB |delta L*| between the
+  result and the original, both low-passed (Gaussian, sigma 8 px). A global grade's exposure,
+  contrast and tone-curve change (which colour drift leaves out by design) and dodge and burn
+  score high; grain and fine texture about 0.
 
 :data:`LIMITS` holds the level at which each starts to be visible as an edit; ``score`` ranks
 results by the worst ratio to it (:func:`worst_ratio`). A new measure is one function plus
@@ -42,6 +46,7 @@ __all__ = [
     "color_drift",
     "flat_noise",
     "detail_excess",
+    "tone_shift",
     "global_color_fit",
     "worst_ratio",
 ]
@@ -58,6 +63,7 @@ LABELS: dict[str, str] = {
     "color_drift": "colour drift (dE)", "color_drift_p95": "colour drift p95",
     "flat_noise": "flat-region noise (/255)", "detail_excess": "added fine detail",
     "detail_excess_p95": "added fine detail p95",
+    "tone_shift": "tone shift (dL*)",
 }
 
 
@@ -80,6 +86,7 @@ def register_measure(**limits: float) -> Callable[[Measure], Measure]:
 
 
 DRIFT_SIGMA = 6.0
+TONE_SIGMA = 8.0
 NOISE_SIGMA = 2.0
 FLAT_WINDOW = 7
 FLAT_STD = 4 / 255
@@ -189,6 +196,27 @@ def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     e_orig = F.avg_pool2d(band_orig.pow(2), BLOCK)
     ratio = (e_change / (e_orig + 1)).sqrt().flatten(1)
     return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
+
+
+# 3 L* is about a sixth of a stop at mid-grey: beside the original, a larger shift reads as
+# another exposure or a grade.
+@register_measure(tone_shift=3.0)
+def tone_shift(orig: Tensor, result: Tensor, downsample: int = 2) -> Tensor:
+    """Mean |delta L*| (CIELAB lightness) between ``result`` and ``orig``, both low-passed
+    (Gaussian, sigma 8 px) first, so that grain and fine texture average out. (B,).
+
+    ``downsample``: as :func:`color_drift`, the pair is area-averaged by this factor first
+    and the low-pass scaled to match.
+    """
+    if downsample > 1 and min(orig.shape[-2:]) >= 64 * downsample:
+        orig, result = F.avg_pool2d(orig, downsample), F.avg_pool2d(result, downsample)
+    else:
+        downsample = 1
+    pair = _blur(torch.cat([orig, result.clamp(0, 1)]), TONE_SIGMA / downsample)
+    lightness = KC.rgb_to_lab(pair.clamp(0, 1))[:, :1]
+    shift = (lightness[len(orig):] - lightness[: len(orig)]).abs().flatten(1).mean(1)
+    same = (result == orig).flatten(1).all(1)
+    return shift.masked_fill(same, 0.0)
 
 
 @torch.no_grad()

@@ -354,8 +354,9 @@ def _summarise(
                            "sigma 6 px; mean and p95 over pixels), flat-region noise (RMS 0-255 "
                            "of the change minus its sigma-2 blur where the original's 7x7 luma "
                            "std < 4/255), added fine detail (sqrt(E_change/(E_orig+1)) of the "
-                           "DoG 0.7/2 px luma band per 16x16 block; mean and p95 over blocks); "
-                           "summary: means over images",
+                           "DoG 0.7/2 px luma band per 16x16 block; mean and p95 over blocks), "
+                           "tone shift (mean |delta L*| between result and original, both "
+                           "low-passed sigma 8 px); summary: means over images",
             "fid": "pytorch-fid InceptionV3 pool3 (TF inception-2015-12-05 weights), "
                    "bilinear resize to 299, float64 statistics",
             "classifiers": "whole image resized (antialiased) to each model's input size",
