@@ -137,8 +137,9 @@ def test_cli_outputs_json_csv_and_report(self_score, tmp_path, sample_dir):
 
 
 def test_report_ranks_by_naturalness_not_lpips(sample_copy, tmp_path):
-    """A colour cloud (low LPIPS, high drift) ranks above a uniform darkening (higher LPIPS,
-    no drift); the page escapes what it shows and links the full-size files."""
+    """A colour cloud (low LPIPS, high drift) ranks above a global hue rotation (higher LPIPS,
+    neither drift nor tone shift); the page escapes what it shows and links the full-size
+    files."""
     import kornia.enhance as KE
 
     from conftest import load_folder
@@ -155,7 +156,7 @@ def test_report_ranks_by_naturalness_not_lpips(sample_copy, tmp_path):
     clouded[0] += 0.07 * cloud
     clouded[1] -= 0.05 * cloud
     (adv / "0.jpg").write_bytes(encode_jpeg(clouded.clamp(0, 1), 95))
-    (adv / "1.jpg").write_bytes(encode_jpeg(KE.adjust_gamma(x[1], 1.6).clamp(0, 1), 95))
+    (adv / "1.jpg").write_bytes(encode_jpeg(KE.adjust_hue(x[1], 0.3).clamp(0, 1), 95))
     res = score(inp, adv, ScoreConfig(eval_models=("mobilenet_v2",), num_workers=0),
                 progress=False)
     by_id = {im.image_id: im for im in res.images}
