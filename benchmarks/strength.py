@@ -236,9 +236,6 @@ def main() -> None:
     ap.add_argument("--phase", choices=("all", "generate", "score"), default="all",
                     help="generate: attack only, keeping what scoring needs in each result "
                          "set; score: score the sets an earlier --phase generate left")
-    ap.add_argument("--rescore", type=Path, default=None,
-                    help="score again the result sets of an earlier results .json (same "
-                         "--input), keeping its attack columns")
     ap.add_argument("--render", type=Path, default=None,
                     help="only re-render the table of an existing results .json")
     args = ap.parse_args()
@@ -249,11 +246,6 @@ def main() -> None:
             doc["meta"]["baseline_from"] = str(args.baseline_from)
         path = write_result(args.render.stem, render(doc["meta"], doc["rows"]), doc)
         print(f"wrote {path}")
-        return
-
-    if args.rescore:
-        rescore(args.rescore, args.input,
-                re.split(r",(?=\S)", args.only) if args.only else None)
         return
 
     proto = PROTOCOLS[args.protocol]
@@ -347,26 +339,6 @@ def _print_row(row: dict) -> None:
           f"{row['passes_per_image']}  {row['seconds_per_image']:.2f} s/img", flush=True)
 
 
-def rescore(path: Path, input_dir: Path, only: list[str] | None) -> None:
-    """Score again the result sets behind an earlier table (after a scoring change), keeping
-    what the attack runs measured (budget check, passes, bytes, time) and their commands."""
-    doc = json.loads(path.read_text())
-    meta = doc["meta"]
-    if input_dir.name != meta["input"]:
-        raise SystemExit(f"{path} was measured on {meta['input']}, not {input_dir.name}")
-    proto = PROTOCOLS[meta["protocol"]]
-    for row in doc["rows"]:
-        if "measured_by" in row or (only and row["config"] not in only):
-            continue  # a reused baseline row is rescored in its own table
-        out = WORK / meta["tag"] / row["config"]
-        if not (out / ".unrestrict").is_dir():
-            raise SystemExit(f"{out} is missing: the table's result sets are needed")
-        row.update(score_columns(input_dir, out, proto))
-        _print_row(row)
-    meta.setdefault("rescored", []).append(command_line())
-    print(f"wrote {write_result(path.stem, render(meta, doc['rows']), doc)}")
-
-
 GENERATED = "strength-generate.json"  # beside each result set: what scoring needs of the run
 
 
@@ -425,8 +397,6 @@ def render(meta: dict, rows: list[dict]) -> str:
           *([f"Generate phase: {_quoted(meta['generate_command'])}  "]
             if "generate_command" in meta else []),
           f"Command: {_quoted(meta['command'])}  ",
-          *[f"Scored again (scoring changed since): {_quoted(c)}  "
-            for c in meta.get("rescored", [])],
           f"{proto.note} `budget check` is the share of results that fool the budget-check "
           "model after the JPEG round trip, as `generate` reported it. Naturalness (see README): "
           "colour drift in delta E (mean / p95 over pixels; limits 1.5 / 3), flat-region noise in "
