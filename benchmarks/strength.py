@@ -98,9 +98,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, detail 2": ["--set", "texture.detail_sigma=2"],
     "natural, detail 4": ["--set", "texture.detail_sigma=4"],
     "natural, detail 2, 2 copies": ["--set", "texture.detail_sigma=2", "--copies", "2"],
-    "natural, old grade": ["--set", "color.brightness=0.03", "--set", "color.contrast=0.08",
-                           "--set", "color.saturation=0.12", "--set", "color.hue=0.03",
-                           "--set", "color.gamma=0.08", "--set", "color.curve=0.15"],
     "natural, grade x0.5": _grade_budget(0.5),
     "natural, grade x0.25": _grade_budget(0.25),
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
@@ -149,7 +146,6 @@ DESCRIPTION = {
     "natural, detail 2": "the default with the flat ramp on detail only (sigma 2 px)",
     "natural, detail 4": "the default with the flat ramp on detail only (sigma 4 px)",
     "natural, detail 2, 2 copies": "detail 2 with 2 DI copies per step (2 passes a step)",
-    "natural, old grade": "the global grade's bounds before the tone-shift measure: 4x today's",
     "natural, grade x0.5": "the default with half the global grade's bounds (colour family)",
     "natural, grade x0.25": "the default with a quarter of the global grade's bounds",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
