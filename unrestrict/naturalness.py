@@ -105,6 +105,14 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
     return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
 
 
+def _area_averaged(orig: Tensor, result: Tensor, factor: int) -> tuple[Tensor, Tensor, int]:
+    """The pair area-averaged by ``factor`` (1: unchanged, also for images under 64 px a
+    step), and the factor used, to scale a low-pass to match."""
+    if factor > 1 and min(orig.shape[-2:]) >= 64 * factor:
+        return F.avg_pool2d(orig, factor), F.avg_pool2d(result, factor), factor
+    return orig, result, 1
+
+
 def _quadratic_features(x: Tensor) -> Tensor:
     """(B, 3, H, W) -> (B, H*W, 10): 1, R, G, B, R^2, G^2, B^2, RG, RB, GB, of the values
     centred at 0.5 (the same quadratic polynomials, better conditioned)."""
@@ -140,10 +148,7 @@ def color_drift(orig: Tensor, result: Tensor, downsample: int = 2) -> tuple[Tens
     match (sigma 3 at half size): the result is smooth at that scale anyway, and it costs a
     quarter of the full-size computation (tests hold the two within a few percent).
     """
-    if downsample > 1 and min(orig.shape[-2:]) >= 64 * downsample:
-        orig, result = F.avg_pool2d(orig, downsample), F.avg_pool2d(result, downsample)
-    else:
-        downsample = 1
+    orig, result, downsample = _area_averaged(orig, result, downsample)
     fitted = global_color_fit(orig, result)
     # Low-pass before Lab: after it, Lab's curvature (and clipping at 0 and 1) would turn
     # zero-mean pixel noise into a smooth offset that reads as drift.
@@ -208,10 +213,7 @@ def tone_shift(orig: Tensor, result: Tensor, downsample: int = 2) -> Tensor:
     ``downsample``: as :func:`color_drift`, the pair is area-averaged by this factor first
     and the low-pass scaled to match.
     """
-    if downsample > 1 and min(orig.shape[-2:]) >= 64 * downsample:
-        orig, result = F.avg_pool2d(orig, downsample), F.avg_pool2d(result, downsample)
-    else:
-        downsample = 1
+    orig, result, downsample = _area_averaged(orig, result, downsample)
     pair = _blur(torch.cat([orig, result.clamp(0, 1)]), TONE_SIGMA / downsample)
     lightness = KC.rgb_to_lab(pair.clamp(0, 1))[:, :1]
     shift = (lightness[len(orig):] - lightness[: len(orig)]).abs().flatten(1).mean(1)
