@@ -215,3 +215,28 @@ def test_passes_count_only_the_stages_an_image_ran(copies, mobilenet, sample_ima
         assert r.decision == "minimal" and r.passes == 3 * stage * copies
     with pytest.raises(ValueError, match="on_failure"):
         AttackConfig(on_failure="drop")  # type: ignore[arg-type]
+
+
+def test_a_step_for_some_rows_of_a_fixed_batch_is_the_step_for_all(mobilenet, sample_images):
+    # An active row's update must not depend on how many rows are active: the gradient's norm
+    # over a lone row rounds differently from the same row's within the batch, and sign steps
+    # turn that last bit into other bytes a few steps later.
+    x, y = sample_images[0][:4], sample_images[1][:4]
+    attack = Attack(AttackConfig(families=("texture", "color")), mobilenet, fixed_batch=4)
+
+    def step(rows: list[int], active: list[int]) -> tuple[dict, dict]:
+        xs = x[rows]
+        params = attack.composite.init_params(xs)
+        velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+        generators = [torch.Generator().manual_seed(7 + r) for r in rows]
+        attack._step(xs, params, velocity, y[rows], torch.tensor(active), torch.ones(4),
+                     generators, attack.composite.prepare(xs))
+        return params, velocity
+
+    whole = step([0, 1, 2, 3], [0, 1, 2, 3])
+    for part, row in ((step([0, 1, 2, 3], [1]), 1), (step([1, 1, 1, 1], [0]), 0)):
+        for got, want in zip(part, whole, strict=True):
+            for k in want:
+                assert torch.equal(got[k][row], want[k][1]), k
+    untouched = step([0, 1, 2, 3], [1])
+    assert all(not v[0].any() for v in untouched[1].values())  # inactive rows keep theirs

@@ -345,7 +345,9 @@ class Attack:
         """
         # While every image is active (the common case) work on the tensors themselves:
         # gathering and scattering a full-size per-pixel parameter costs a copy each way.
-        # A fixed batch always passes every row and updates only the active ones.
+        # A fixed batch always computes every row, the update too, and keeps only the active
+        # rows: a reduction over a lone row (the gradient's norm) rounds differently from the
+        # same row reduced within the batch, and sign steps amplify the last bit.
         whole = len(idx) == x_work.shape[0]
         run_all = whole or self.fixed_batch is not None
         sub = {
@@ -359,11 +361,8 @@ class Attack:
                              prepared)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
-        if run_all and not whole:
-            sub = {k: v[idx] for k, v in sub.items()}
-            grads = tuple(g[idx] for g in grads)
         step = self.config.effective_step_size
-        limits = self.composite.limits(sub, strength if whole else strength[idx])
+        limits = self.composite.limits(sub, strength if run_all else strength[idx])
         with torch.no_grad():
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 # Normalising per image and per tensor keeps one huge gradient (say the
@@ -373,15 +372,18 @@ class Attack:
                 flat = g.reshape(len(g), -1)  # norm: mean |g| per image
                 norm = torch.linalg.vector_norm(flat, ord=1, dim=1) * (1 / flat.shape[1])
                 norm = norm.clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
+                p = p.detach()  # shares storage with params[k] when run_all
+                v = velocity[k] if run_all else velocity[k][idx]
+                if run_all and not whole:  # update copies; only the active rows are kept
+                    p, v = p.clone(), v.clone()
+                v.mul_(self.config.momentum).addcdiv_(g, norm)
+                p.addcmul_(v.sign(), limits[k] * step).clamp_(min=-limits[k], max=limits[k])
                 if whole:
-                    v = velocity[k].mul_(self.config.momentum).addcdiv_(g, norm)
-                    p = p.detach().addcmul_(v.sign(), limits[k] * step)
-                    params[k] = p.clamp_(min=-limits[k], max=limits[k])
+                    params[k] = p
+                elif run_all:
+                    velocity[k][idx], params[k][idx] = v[idx], p[idx]
                 else:
-                    v = self.config.momentum * velocity[k][idx] + g / norm
-                    velocity[k][idx] = v
-                    p = p.detach() + limits[k] * step * v.sign()
-                    params[k][idx] = torch.maximum(torch.minimum(p, limits[k]), -limits[k])
+                    velocity[k][idx], params[k][idx] = v, p
 
     def surrogate(self) -> AbstractContextManager[int]:
         """A block within which the attack models back-propagate the configured surrogate
