@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
-from unrestrict.perturb.color import ColorConfig
 from unrestrict.perturb.texture import TextureConfig
 
 
@@ -69,11 +68,15 @@ def _texture_budget(scale: float) -> list[str]:
     return [a.format(v) for a, v in zip(_TEX, (None, f, None, m, None, c), strict=True)]
 
 
+# The global grade's bounds before the tone-shift measure (4x today's default).
+OLD_GRADE = {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.03,
+             "gamma": 0.08, "curve": 0.15, "channel_curve": 0.0}
+
+
 def _grade_budget(scale: float) -> list[str]:
-    """The default global grade's bounds (the colour family's) times ``scale``."""
-    c = ColorConfig()
-    keys = ("brightness", "contrast", "saturation", "hue", "gamma", "curve", "channel_curve")
-    return [a for k in keys for a in ("--set", f"color.{k}={round(getattr(c, k) * scale, 4)}")]
+    """The old global grade's bounds (:data:`OLD_GRADE`) times ``scale``: the rows keep their
+    meaning whatever the default."""
+    return [a for k, v in OLD_GRADE.items() for a in ("--set", f"color.{k}={round(v * scale, 4)}")]
 
 
 CONFIGS: dict[str, list[str]] = {
@@ -98,6 +101,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, detail 2": ["--set", "texture.detail_sigma=2"],
     "natural, detail 4": ["--set", "texture.detail_sigma=4"],
     "natural, detail 2, 2 copies": ["--set", "texture.detail_sigma=2", "--copies", "2"],
+    "natural, old grade": _grade_budget(1.0),
     "natural, grade x0.5": _grade_budget(0.5),
     "natural, grade x0.25": _grade_budget(0.25),
     "natural, flat ramp 4-10": ["--set", "texture.flat_start=4", "--set", "texture.flat_full=10"],
@@ -146,8 +150,9 @@ DESCRIPTION = {
     "natural, detail 2": "the default with the flat ramp on detail only (sigma 2 px)",
     "natural, detail 4": "the default with the flat ramp on detail only (sigma 4 px)",
     "natural, detail 2, 2 copies": "detail 2 with 2 DI copies per step (2 passes a step)",
-    "natural, grade x0.5": "the default with half the global grade's bounds (colour family)",
-    "natural, grade x0.25": "the default with a quarter of the global grade's bounds",
+    "natural, old grade": "the global grade's bounds before the tone-shift measure: 4x today's",
+    "natural, grade x0.5": "the old global grade's bounds halved (colour family)",
+    "natural, grade x0.25": "a quarter of the old global grade's bounds (today's default)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

@@ -81,10 +81,13 @@ def test_loop_lowers_true_class_margin(families, mobilenet, sample_images):
     # Geometry moves the margin least per step: after 4 steps one image had gained 0.05,
     # little enough that float32 rounding in the warp decided its sign.
     steps = 8 if "geometry" in families else 4
-    # Exact gradients: surrogate ones trade progress on the attacked model for transfer.
+    # Exact gradients: surrogate ones trade progress on the attacked model for transfer. The
+    # grade's bounds are pinned (4x the default's): the loop, not the default, is under test.
+    grade = {"color": {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.03,
+                       "gamma": 0.08, "curve": 0.15}}
     cfg = AttackConfig(families=families, stages=1, steps=steps, refine=0, di_prob=0.0,
                        work_size=0 if "pixel" in families else None, sgm_gamma=1.0,
-                       relu_width=0.0)
+                       relu_width=0.0, family_options=grade if "color" in families else {})
     before = margin_loss(mobilenet(x), y)
     results = Attack(cfg, mobilenet).run(x, y, seeds=0)
     adv = torch.stack([r.decoded for r in results]).float() / 255
