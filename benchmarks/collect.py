@@ -238,7 +238,8 @@ def presets_table() -> str:
 
 
 def gpu_sentence() -> str:
-    """What the attacks cost and gave on a GPU, from the gpu-strength tables."""
+    """What the attacks cost and gave on a GPU, from the gpu-strength tables, with the commit
+    whose defaults they ran (the CPU tables may be of a later default)."""
     parts = []
     for stem in ("gpu-strength-cross-arch-sample", *_derived_sets("cross-arch", prefix="gpu-")):
         doc = _load(stem)
@@ -253,15 +254,16 @@ def gpu_sentence() -> str:
         text = (f"{doc['meta']['input']} ({n} images): {g['seconds_per_image']:.2f} s per image "
                 f"(model loading included), fooling {m} on {g['asr_per_model'][m] * n:.0f}")
         if "natural" in cpu:
-            c = cpu["natural"]
-            text += (f" (the 2-core CPU: {c['seconds_per_image']:.1f} s per image, "
-                     f"{c['asr_per_model'][m] * n:.0f})")
+            text += f" (the 2-core CPU: {cpu['natural']['seconds_per_image']:.1f} s per image)"
         parts.append(text)
     if not parts:
         return ""
-    device = _load("gpu-strength-cross-arch-sample")["meta"]["device"].split(";")[0]
-    return (f"Measured with the default settings (`-b 8`, cross-arch models; "
-            f"`benchmarks/strength.py --phase generate`, {device.removeprefix('generate on ')}): "
+    meta = _load("gpu-strength-cross-arch-sample")["meta"]
+    device = meta["device"].split(";")[0].removeprefix("generate on ")
+    commit = re.search(r"at commit `([0-9a-f]+)`", meta["command"])
+    when = f"the defaults of commit `{commit[1]}`" if commit else "the default settings"
+    return (f"Measured with {when} (`-b 8`, cross-arch models; "
+            f"`benchmarks/strength.py --phase generate`, {device}): "
             + "; ".join(parts) + ". See the `gpu-strength` tables in "
             "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).")
 
