@@ -80,6 +80,8 @@ def readme_summary() -> str:
             continue
         m = doc["meta"]["eval_models"][0]
         size = doc["meta"]["n_images"]
+        if stem.startswith("gpu-") and (commit := _commit_of(doc)):
+            label = f"{label}, defaults of `{commit}`"  # they may predate the CPU tables'
 
         def natural(r: dict) -> str:
             tone = f"{r['tone_shift']:.1f}" if "tone_shift" in r else "-"
@@ -237,6 +239,12 @@ def presets_table() -> str:
                       "row `natural, texture x0.5`, the same settings):\n", *out])
 
 
+def _commit_of(doc: dict) -> str | None:
+    """The commit a table's command line names, if any."""
+    found = re.search(r"at commit `([0-9a-f]+)`", doc["meta"]["command"])
+    return found[1] if found else None
+
+
 def gpu_sentence() -> str:
     """What the attacks cost and gave on a GPU, from the gpu-strength tables, with the commit
     whose defaults they ran (the CPU tables may be of a later default)."""
@@ -258,10 +266,11 @@ def gpu_sentence() -> str:
         parts.append(text)
     if not parts:
         return ""
-    meta = _load("gpu-strength-cross-arch-sample")["meta"]
+    sample = _load("gpu-strength-cross-arch-sample")
+    meta = sample["meta"]
     device = meta["device"].split(";")[0].removeprefix("generate on ")
-    commit = re.search(r"at commit `([0-9a-f]+)`", meta["command"])
-    when = f"the defaults of commit `{commit[1]}`" if commit else "the default settings"
+    commit = _commit_of(sample)
+    when = f"the defaults of commit `{commit}`" if commit else "the default settings"
     return (f"Measured with {when} (`-b 8`, cross-arch models; "
             f"`benchmarks/strength.py --phase generate`, {device}): "
             + "; ".join(parts) + ". See the `gpu-strength` tables in "
