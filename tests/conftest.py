@@ -14,6 +14,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
+# A colour grade strong enough that "it changed the image" means something whatever the
+# default bounds (the default's before the tone-shift measure).
+STRONG_GRADE = {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.03,
+                "gamma": 0.08, "curve": 0.15}
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import STRONG_GRADE
 from unrestrict.attack import (
     PIXEL_BASELINE,
     Attack,
@@ -82,12 +83,11 @@ def test_loop_lowers_true_class_margin(families, mobilenet, sample_images):
     # little enough that float32 rounding in the warp decided its sign.
     steps = 8 if "geometry" in families else 4
     # Exact gradients: surrogate ones trade progress on the attacked model for transfer. The
-    # grade's bounds are pinned (4x the default's): the loop, not the default, is under test.
-    grade = {"color": {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.03,
-                       "gamma": 0.08, "curve": 0.15}}
+    # grade is pinned: the loop, not the default's bounds, is under test.
     cfg = AttackConfig(families=families, stages=1, steps=steps, refine=0, di_prob=0.0,
                        work_size=0 if "pixel" in families else None, sgm_gamma=1.0,
-                       relu_width=0.0, family_options=grade if "color" in families else {})
+                       relu_width=0.0,
+                       family_options={"color": STRONG_GRADE} if "color" in families else {})
     before = margin_loss(mobilenet(x), y)
     results = Attack(cfg, mobilenet).run(x, y, seeds=0)
     adv = torch.stack([r.decoded for r in results]).float() / 255

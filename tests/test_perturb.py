@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from conftest import STRONG_GRADE
 from unrestrict.perturb import (
     DEFAULT_FAMILIES,
     FAMILIES,
@@ -411,9 +412,7 @@ def test_upsample_field_is_torch_bicubic(grid):
 def test_a_trailing_global_grade_runs_after_the_resize():
     import torch.nn.functional as F
 
-    # A strong grade pinned here, so that "it did change the image" holds whatever the defaults.
-    comp = compose(["texture", "color"], {"color": {"brightness": 0.03, "contrast": 0.08,
-                                                    "gamma": 0.08, "curve": 0.15}})
+    comp = compose(["texture", "color"], {"color": STRONG_GRADE})
     x = _photo() * 0.6 + 0.2
     params = _rand_params(comp, x, 0.8)
     calls = []

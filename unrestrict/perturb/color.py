@@ -237,7 +237,7 @@ def adjust_color(
 @dataclass(frozen=True)
 class ColorConfig:
     """Bounds at full strength: a mild global grade. Multiplicative factors are bounded in log
-    space. Four times these moved an image's lightness by up to 10 L*: it looked regraded."""
+    space. Kept small: a stronger grade reads as a regraded photo (README: tone shift)."""
 
     brightness: float = 0.0075
     contrast: float = 0.02  # log factor: x0.98 .. x1.02
