@@ -409,6 +409,27 @@ def test_upsample_field_is_torch_bicubic(grid):
                                                                           dtype=torch.float64))
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 70, 45), (1, 2, 3, 9)])  # banded; replicated
+@pytest.mark.parametrize("sigma", [0.6, 1.0])
+def test_blur_field_is_kornias_gaussian_blur(shape, sigma):
+    import math
+
+    import kornia.filters as KF
+
+    from unrestrict.perturb.base import blur_field
+
+    g = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    k = 2 * math.ceil(3 * sigma) + 1
+    border = "replicate" if min(shape[-2:]) <= k // 2 else "reflect"
+    ref = KF.gaussian_blur2d(g, (k, k), (sigma, sigma), border_type=border)
+    ours = blur_field(g, sigma)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    w = torch.randn_like(ref)
+    (ga,) = torch.autograd.grad((ours * w).sum(), g)
+    (gb,) = torch.autograd.grad((ref * w).sum(), g)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=0)
+
+
 def test_a_trailing_global_grade_runs_after_the_resize():
     import torch.nn.functional as F
 

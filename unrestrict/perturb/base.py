@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import kornia.filters as KF
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -270,20 +273,18 @@ def cubic_weights(steps: int, size: int, device: torch.device, dtype: torch.dtyp
     return interpolation_weights(steps, size, device, dtype, "bicubic")
 
 
-# Output samples per block of a banded interpolation product (see _banded_weights).
+# Output samples per block of a banded matrix product (see banded_matrix).
 BLOCK = 32
 
 
-@cached_constant
-def _banded_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype,
-                    mode: str) -> tuple[Tensor, Tensor] | None:
-    """The (size, steps) interpolation matrix cut into blocks of BLOCK output samples, each
-    with the L consecutive grid samples it reads: (K, BLOCK, L) weights and (K * L,) grid
-    indices. ``None`` when a block would read more than half the grid (small grids): a
-    dense product is then cheaper."""
-    w = interpolation_weights(steps, size, device, dtype, mode)
+def banded_matrix(w: Tensor) -> tuple[Tensor, Tensor] | None:
+    """A (size, steps) matrix cut into blocks of BLOCK output samples, each with the L
+    consecutive input samples it reads: (K, BLOCK, L) weights and (K * L,) input indices.
+    ``None`` when a block would read more than half the input (small inputs, wide kernels):
+    a dense product is then cheaper."""
+    size, steps = w.shape
     k = -(-size // BLOCK)
-    padded = torch.zeros(k * BLOCK, steps, device=device, dtype=dtype)
+    padded = w.new_zeros(k * BLOCK, steps)
     padded[:size] = w
     used = padded.view(k, BLOCK, steps).ne(0).any(1)  # (K, steps): what each block reads
     first = used.float().argmax(1)
@@ -292,21 +293,34 @@ def _banded_weights(steps: int, size: int, device: torch.device, dtype: torch.dt
     if 2 * span > steps:
         return None
     start = first.clamp(max=steps - span)
-    index = (start[:, None] + torch.arange(span, device=device)).flatten()
+    index = (start[:, None] + torch.arange(span, device=w.device)).flatten()
     blocks = padded.view(k, BLOCK, steps).gather(2, index.view(k, 1, span).expand(-1, BLOCK, -1))
     return blocks.contiguous(), index
+
+
+def matmul_rows(w: Tensor, banded: tuple[Tensor, Tensor] | None, x: Tensor) -> Tensor:
+    """``w @ x`` for x (N, steps, C) -> (N, size, C), by the blocks of ``banded``
+    (``banded_matrix(w)``) when there are any: a dense product would mostly multiply zeros,
+    and its backward is a matrix product too (a convolution's is slow on the CPU)."""
+    if banded is None:
+        return torch.matmul(w, x)
+    blocks, index = banded
+    k, block, span = blocks.shape
+    windows = x.index_select(1, index).view(x.shape[0], k, span, x.shape[2])
+    return torch.matmul(blocks, windows).view(x.shape[0], k * block, x.shape[2])[:, :w.shape[0]]
+
+
+@cached_constant
+def _banded_weights(steps: int, size: int, device: torch.device, dtype: torch.dtype,
+                    mode: str) -> tuple[Tensor, Tensor] | None:
+    return banded_matrix(interpolation_weights(steps, size, device, dtype, mode))
 
 
 def _interpolate_rows(x: Tensor, size: int, mode: str) -> Tensor:
     """(N, steps, C) -> (N, size, C): the interpolation along the middle axis."""
     steps = x.shape[1]
-    banded = _banded_weights(steps, size, x.device, x.dtype, mode)
-    if banded is None:
-        return torch.matmul(interpolation_weights(steps, size, x.device, x.dtype, mode), x)
-    blocks, index = banded
-    k, block, span = blocks.shape
-    windows = x.index_select(1, index).view(x.shape[0], k, span, x.shape[2])
-    return torch.matmul(blocks, windows).view(x.shape[0], k * block, x.shape[2])[:, :size]
+    return matmul_rows(interpolation_weights(steps, size, x.device, x.dtype, mode),
+                       _banded_weights(steps, size, x.device, x.dtype, mode), x)
 
 
 def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic") -> Tensor:
@@ -328,6 +342,32 @@ def upsample_field(grid: Tensor, height: int, width: int, mode: str = "bicubic")
     g = grid.reshape(b * c, gh, gw)
     cols = _interpolate_rows(g.transpose(1, 2), width, mode)  # (N, W, gh)
     return _interpolate_rows(cols.transpose(1, 2), height, mode).view(b, c, height, width)
+
+
+@cached_constant
+def _gaussian_weights(size: int, sigma: float, border: str, device: torch.device,
+                      dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """(size, size) matrix of kornia's 1-D Gaussian (kernel ``2 * ceil(3 sigma) + 1``) with
+    ``border`` padding, read off by filtering the identity basis, and its banded form."""
+    k = 2 * math.ceil(3 * sigma) + 1
+    taps = KF.get_gaussian_kernel1d(k, sigma, dtype=torch.float64).view(1, 1, k)
+    eye = torch.eye(size, dtype=torch.float64).unsqueeze(1)  # (size, 1, size): row i = e_i
+    cols = F.conv1d(F.pad(eye, (k // 2, k // 2), mode=border), taps)[:, 0]  # row i: blur(e_i)
+    w = cols.t().contiguous().to(device, dtype)
+    return w, banded_matrix(w)
+
+
+def blur_field(grid: Tensor, sigma: float) -> Tensor:
+    """``kornia.filters.gaussian_blur2d`` of a (B, C, h, w) grid with kernel
+    ``2 * ceil(3 sigma) + 1``: reflected borders, replicated on grids too small to reflect.
+    As banded matrix products, one axis at a time: the backward of a single-channel
+    convolution costs the CPU a quarter of a texture step; a product's costs a few percent."""
+    b, c, gh, gw = grid.shape
+    border = "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
+    rows = _gaussian_weights(gh, sigma, border, grid.device, grid.dtype)
+    cols = _gaussian_weights(gw, sigma, border, grid.device, grid.dtype)
+    g = matmul_rows(*rows, grid.reshape(b * c, gh, gw))  # (N, gh, gw)
+    return matmul_rows(*cols, g.transpose(1, 2)).transpose(1, 2).reshape(b, c, gh, gw)
 
 
 def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:

@@ -45,7 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Family, ParamSpec, clamp_unit, register_family, upsample_field
+from .base import (
+    Family,
+    ParamSpec,
+    blur_field,
+    clamp_unit,
+    register_family,
+    upsample_field,
+)
 
 __all__ = ["TextureFamily", "TextureConfig", "visibility", "BANDS"]
 
@@ -233,7 +240,7 @@ class TextureFamily(Family):
         for i, name, _, _ in self._bands():
             grid = params[name]
             if self.config.highpass > 0:
-                grid = grid - _blur(grid, self.config.highpass)
+                grid = grid - blur_field(grid, self.config.highpass)
             # The grid's corners sit on the image's corners (align_corners upsampling).
             term = upsample_field(grid, h, w, UPSAMPLE) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
