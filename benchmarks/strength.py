@@ -119,6 +119,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, 2 copies di+scale": ["--copies", "2", "--augment", "di,scale"],
     "natural, 2 copies di+blocks": ["--copies", "2", "--augment", "di,blocks"],
     "natural, spectrum": ["--augment", "di,spectrum"],
+    "natural, feature loss": ["--feature-weight", "10"],
+    "natural, feature loss x0.3": ["--feature-weight", "3"],
     "natural + style": ["--family", "texture,style,color"],
     "natural + geometry": ["--family", "texture,geometry,color"],
     "old natural (color+style, pre-redesign bounds)": [
@@ -173,6 +175,9 @@ DESCRIPTION = {
     "natural, 2 copies di+scale": "2 copies per step, each DI then an intensity scale 2^-k",
     "natural, 2 copies di+blocks": "2 copies per step, each DI then a 2x2 block shuffle",
     "natural, spectrum": "one copy per step, DI then spectrum simulation (SSA-like)",
+    "natural, feature loss": "the default plus the FIA feature-importance loss on the middle "
+                             "rectifier of the attack model, weight 10 (8 importance passes)",
+    "natural, feature loss x0.3": "the feature loss at weight 3",
     "natural + style": "the default plus the style family (spatial colour fields, dodge and "
                        "burn, detail blend)",
     "natural + geometry": "the default plus the geometry family",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .augment import AUGMENTATIONS, AugmentOptions, augment
 from .contract import check_images
 from .errors import ConfigError
+from .features import FeatureTap, feature_importance, feature_loss
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
@@ -116,6 +117,15 @@ class AttackConfig:
     relu_width: float = setting(1.0, "Rectifier derivatives of the attack models ramp "
                                       "from 0 to 1 over +-this around zero (0 = exact "
                                       "step).")
+    feature_weight: float = setting(0.0, "Weight of the feature-importance loss (FIA) on a "
+                                         "mid-depth activation of the attack models, in units "
+                                         "of the original's own score (0 = off).")
+    feature_depth: float = setting(0.5, "Which activation the feature loss taps: its place "
+                                        "among the models' rectifiers (0 first, 1 last).")
+    feature_copies: int = setting(8, "Pixel-dropped copies of the original whose gradients "
+                                     "average into the feature importance (passes, once per "
+                                     "batch).")
+    feature_drop: float = setting(0.3, "Share of pixels each importance copy drops.")
     reg_weight: float = setting(0.0, "Weight of the families' smoothness/size penalties.")
     lpips_weight: float = setting(0.0, "Weight of an LPIPS-to-original penalty.")
     work_size: int | None = setting(None, "Side length resolution-free families are optimised "
@@ -137,6 +147,10 @@ class AttackConfig:
             (self.steps >= 0, "steps must be >= 0"),
             (0 <= self.di_prob <= 1, "di_prob must be in [0, 1]"),
             (self.copies >= 1, "copies must be >= 1"),
+            (self.feature_weight >= 0, "feature_weight must be >= 0"),
+            (0 <= self.feature_depth <= 1, "feature_depth must be in [0, 1]"),
+            (self.feature_copies >= 1, "feature_copies must be >= 1"),
+            (0 <= self.feature_drop < 1, "feature_drop must be in [0, 1)"),
             (all(a in AUGMENTATIONS for a in self.augment),
              f"augment must name augmentations from {', '.join(AUGMENTATIONS)}"),
             (0 < self.di_min_scale <= 1, "di_min_scale must be in (0, 1]"),
@@ -279,6 +293,7 @@ class Attack:
         self.composite: Composite = compose(config.families, config.family_options)
         self.loss_fn = LOSSES[config.loss]
         self.augment_options = AugmentOptions(config.di_prob, config.di_min_scale)
+        self.tap = FeatureTap(ensemble, config.feature_depth) if config.feature_weight else None
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -295,11 +310,13 @@ class Attack:
     def objective(
         self, x_work: Tensor, params: Mapping[str, Tensor], y: Tensor,
         generators: Sequence[torch.Generator], prepared: Mapping[str, Tensor] | None = None,
+        guide: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """The per-image quantity the loop maximises, (B,).
 
         ``generators``: one per image, for its augmentation draws. ``prepared``:
-        ``self.composite.prepare(x_work)``, computed once per batch.
+        ``self.composite.prepare(x_work)``, computed once per batch. ``guide``:
+        :meth:`guide` of the batch, with a feature loss.
         """
         cfg = self.config
         # Augmentations transform the models' input, as in the DI paper: at full size (the
@@ -315,9 +332,14 @@ class Attack:
         if cfg.blur_sigma > 0:
             k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
             x_in = KF.gaussian_blur2d(x_in, k, (cfg.blur_sigma, cfg.blur_sigma))
-        with self._autocast():
+        with self._autocast(), (self.tap.recording() if self.tap else nullcontext()) as feats:
             logits = self.ensemble(x_in)
         obj = self.loss_fn(logits.float(), y.repeat(cfg.copies), cfg.kappa)
+        if self.tap is not None:
+            assert guide is not None and feats is not None
+            importance = [guide[f"importance.{i}"] for i in range(len(feats))]
+            obj = obj + cfg.feature_weight * feature_loss(feats, importance) / guide[
+                "reference"].repeat(cfg.copies)
         obj = obj.view(cfg.copies, -1).mean(0)
         if cfg.reg_weight > 0:
             obj = obj - cfg.reg_weight * self.composite.penalty(params)
@@ -337,11 +359,13 @@ class Attack:
         strength: Tensor,
         generators: Sequence[torch.Generator],
         prepared: Mapping[str, Tensor] | None = None,
+        guide: Mapping[str, Tensor] | None = None,
     ) -> None:
         """One momentum sign step for the images ``idx``; parameters are updated in place.
 
         ``generators``: one per image of the whole batch. ``prepared``:
-        ``self.composite.prepare(x_work)`` for the whole batch, or ``None``.
+        ``self.composite.prepare(x_work)`` for the whole batch, or ``None``; ``guide``:
+        :meth:`guide` for the whole batch, or ``None``.
         """
         # While every image is active (the common case) work on the tensors themselves:
         # gathering and scattering a full-size per-pixel parameter costs a copy each way.
@@ -354,11 +378,12 @@ class Attack:
             k: (v if run_all else v[idx]).detach().requires_grad_(True)
             for k, v in params.items()
         }
-        if prepared is not None and not run_all:
-            prepared = {k: v[idx] for k, v in prepared.items()}
+        if not run_all:
+            prepared = None if prepared is None else {k: v[idx] for k, v in prepared.items()}
+            guide = None if guide is None else {k: v[idx] for k, v in guide.items()}
         obj = self.objective(x_work if run_all else x_work[idx], sub, y if run_all else y[idx],
                              generators if run_all else [generators[i] for i in idx.tolist()],
-                             prepared)
+                             prepared, guide)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
         step = self.config.effective_step_size
@@ -384,6 +409,23 @@ class Attack:
                     velocity[k][idx], params[k][idx] = v[idx], p[idx]
                 else:
                     velocity[k][idx], params[k][idx] = v, p
+
+    def guide(self, x_work: Tensor, y: Tensor,
+              generators: Sequence[torch.Generator]) -> dict[str, Tensor] | None:
+        """Per-batch constants of the feature loss (``None`` without one): each member's
+        importance map (``importance.i``) and the original's own score, the size of the loss
+        at the start (``reference``, (B,))."""
+        if self.tap is None:
+            return None
+        cfg = self.config
+        x_in = self.ensemble.to_input_size(x_work)
+        importance = feature_importance(self.ensemble, self.tap, x_in, y, cfg.feature_copies,
+                                        cfg.feature_drop, generators)
+        with torch.no_grad(), self.tap.recording() as feats:
+            self.ensemble(x_in)
+        reference = feature_loss(feats, importance).abs().clamp_min(1e-6)
+        return {"reference": reference} | {f"importance.{i}": t
+                                           for i, t in enumerate(importance)}
 
     def surrogate(self) -> AbstractContextManager[int]:
         """A block within which the attack models back-propagate the configured surrogate
@@ -459,9 +501,10 @@ class Attack:
                                    antialias=True).clamp(0, 1)
         params = self.composite.init_params(x_work)
         prepared = self.composite.prepare(x_work)
+        guide = self.guide(x_work, y, generators)
         velocity = {k: torch.zeros_like(v) for k, v in params.items()}
         strength = torch.zeros(b, device=self.device)
-        passes = torch.zeros(b, dtype=torch.long)
+        passes = torch.full((b,), cfg.feature_copies if guide else 0, dtype=torch.long)
         # Per image: the first (smallest) stage's result that fooled the attack ensemble.
         fallback: list[tuple[_Candidate, dict[str, Tensor], float] | None] = [None] * n
         results: list[ImageResult | None] = [None] * n
@@ -471,7 +514,8 @@ class Attack:
         for level in levels:
             strength[active] = level
             for _ in range(cfg.steps):
-                self._step(x_work, params, velocity, y, active, strength, generators, prepared)
+                self._step(x_work, params, velocity, y, active, strength, generators, prepared,
+                           guide)
             passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
