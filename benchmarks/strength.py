@@ -121,6 +121,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, spectrum": ["--augment", "di,spectrum"],
     "natural, feature loss": ["--feature-weight", "10"],
     "natural, feature loss x0.3": ["--feature-weight", "3"],
+    "natural, feature loss, depth 0.25": ["--feature-weight", "10", "--feature-depth", "0.25"],
+    "natural, feature loss, depth 0.75": ["--feature-weight", "10", "--feature-depth", "0.75"],
     "natural + style": ["--family", "texture,style,color"],
     "natural + geometry": ["--family", "texture,geometry,color"],
     "old natural (color+style, pre-redesign bounds)": [
@@ -178,6 +180,10 @@ DESCRIPTION = {
     "natural, feature loss": "the default plus the FIA feature-importance loss on the middle "
                              "rectifier of the attack model, weight 10 (8 importance passes)",
     "natural, feature loss x0.3": "the feature loss at weight 3",
+    "natural, feature loss, depth 0.25": "the feature loss on the rectifier a quarter of the "
+                                         "way through the model",
+    "natural, feature loss, depth 0.75": "the feature loss on the rectifier three quarters of "
+                                         "the way through",
     "natural + style": "the default plus the style family (spatial colour fields, dodge and "
                        "burn, detail blend)",
     "natural + geometry": "the default plus the geometry family",
