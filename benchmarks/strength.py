@@ -88,6 +88,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
+    "natural, texture x1.5, 6 stages": [*_texture_budget(1.5), "--stages", "6"],
+    "natural, texture RGB": ["--set", "texture.channels=rgb"],
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
@@ -141,6 +143,11 @@ DESCRIPTION = {
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
+    "natural, texture x1.5, 6 stages": "1.5x the texture bounds in six stages: the default's "
+                                       "ladder (0.25 to 1 of its bounds) and two more rungs, "
+                                       "1.25 and 1.5, for the images it leaves unfooled",
+    "natural, texture RGB": "the default with the texture change drawn per channel (R, G, B "
+                            "independently, same bounds) instead of luminance only",
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
