@@ -90,6 +90,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, texture x1.5": _texture_budget(1.5),
     "natural, texture x1.5, 6 stages": [*_texture_budget(1.5), "--stages", "6"],
     "natural, texture RGB": ["--set", "texture.channels=rgb"],
+    "natural, fine chroma 3.2": ["--set", "texture.chroma=3.2"],
+    "natural, fine chroma 1.6": ["--set", "texture.chroma=1.6"],
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
@@ -148,6 +150,9 @@ DESCRIPTION = {
                                        "1.25 and 1.5, for the images it leaves unfooled",
     "natural, texture RGB": "the default with the texture change drawn per channel (R, G, B "
                             "independently, same bounds) instead of luminance only",
+    "natural, fine chroma 3.2": "the default plus opponent-colour grain in the fine band "
+                                "only, bounded like its luminance (ratio 3.2)",
+    "natural, fine chroma 1.6": "the fine band's colour grain at half the ratio (1.6)",
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",

@@ -9,6 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 from conftest import STRONG_GRADE
+from unrestrict.errors import ConfigError
 from unrestrict.perturb import (
     DEFAULT_FAMILIES,
     FAMILIES,
@@ -567,6 +568,26 @@ def test_texture_change_is_bounded_by_ratio_times_visibility(channels):
         assert (delta[:, 0] - delta[:, 1]).abs().amax() > 1e-3
     # The grid is bounded by ratio / 2: its high-pass (grid minus its blur) stays within ratio.
     assert comp.limits(params, level)["texture.fine"].item() == pytest.approx(cfg.fine * 0.25)
+
+
+def test_texture_chroma_is_fine_grain_off_the_grey_axis_within_its_bound():
+    from unrestrict.perturb.texture import visibility
+
+    x = _photo() * 0.6 + 0.2
+    luma_only = compose(["texture"])
+    comp = compose(["texture"], {"texture": {"chroma": 2.0}})
+    params = _rand_params(comp, x, 0.5)
+    y = comp.apply(x, params)
+    base = luma_only.apply(x, {k: v for k, v in params.items() if k != "texture.fine_chroma"})
+    colour = y - base  # what the chroma components add
+    # Off the grey axis: the channels' mean (the luminance-only part) is unchanged.
+    torch.testing.assert_close(colour.mean(1), torch.zeros_like(colour[:, 0]), atol=1e-6,
+                               rtol=0)
+    bound = 0.5 * 2.0 * visibility(x)[:, :1]
+    assert (colour.abs() <= bound + 1e-6).all()
+    assert colour.abs().amax() > 0.2 * bound.amax()  # it uses its budget
+    with pytest.raises(ConfigError, match="chroma"):
+        compose(["texture"], {"texture": {"chroma": 1.0, "channels": "rgb"}})
 
 
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():

@@ -28,7 +28,11 @@ bound below is exact. The map is
 Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
 k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
 regions, a fraction of the original's own contrast in textured ones. The change is added to
-R, G and B alike (luminance only, hue kept) unless ``channels="rgb"``.
+R, G and B alike (luminance only, hue kept) unless ``channels="rgb"``. With ``chroma``, the
+fine band also gets two opponent-colour components (red-green, yellow-blue: no change along
+the grey axis), bounded the same way: the eye resolves colour more coarsely than lightness,
+so colour grain at the finest scale hides where lightness grain of the same size would not,
+and it averages out before it could read as a colour cast.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from .base import (
     Family,
     ParamSpec,
     blur_field,
+    cached_constant,
     clamp_unit,
     register_family,
     upsample_field,
@@ -72,6 +77,15 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
+CHROMA = "fine_chroma"  # the parameter of the fine band's opponent-colour components
+
+
+@cached_constant
+def _opponent_basis(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(3, 2): RGB change per unit of the red-green and yellow-blue components. Both are
+    orthogonal to grey (1, 1, 1), and no channel moves by more than one unit."""
+    return torch.tensor([[0.5, 1 / 3], [-0.5, 1 / 3], [0.0, -2 / 3]], device=device,
+                        dtype=dtype)
 # Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
@@ -168,6 +182,9 @@ class TextureConfig:
     mid: float = 8.0
     coarse: float = 8.0
     channels: Literal["luma", "rgb"] = "luma"
+    # Ratio of the fine band's two opponent-colour components (0: luminance only); "luma"
+    # channels only.
+    chroma: float = 0.0
     edge_power: float = 1.0
     density_scale: float = 3.0
     flat_start: float = FLAT_START  # local 7x7 luminance std (/255): see FLAT_START
@@ -202,6 +219,10 @@ class TextureFamily(Family):
             raise ConfigError("texture needs 0 <= flat_start <= flat_full")
         if self.config.detail_sigma < 0:
             raise ConfigError("texture detail_sigma must be >= 0 (0: plain luminance std)")
+        if self.config.chroma < 0 or (self.config.chroma > 0 and (
+                self.config.channels != "luma" or self.config.fine <= 0)):
+            raise ConfigError("texture chroma must be >= 0, and needs channels 'luma' and the "
+                              "fine band")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -215,11 +236,25 @@ class TextureFamily(Family):
     def _grid_bound(self, ratio: float) -> float:
         return ratio / 2 if self.config.highpass > 0 else ratio
 
+    def _ratio(self, name: str) -> float:
+        return self.config.chroma if name == CHROMA else getattr(self.config, name)
+
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         c = 1 if self.config.channels == "luma" else 3
-        return {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
-                                self._grid_bound(ratio))
-                for _, name, stride, ratio in self._bands()}
+        specs = {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
+                                 self._grid_bound(ratio))
+                 for _, name, stride, ratio in self._bands()}
+        if self.config.chroma > 0:
+            fine = specs["fine"].shape
+            specs[CHROMA] = ParamSpec((2, *fine[1:]), self._grid_bound(self.config.chroma))
+        return specs
+
+    def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
+        """A band's grid, high-passed on itself, as a (B, C, h, w) field."""
+        if self.config.highpass > 0:
+            grid = grid - blur_field(grid, self.config.highpass)
+        # The grid's corners sit on the image's corners (align_corners upsampling).
+        return upsample_field(grid, h, w, UPSAMPLE)
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
         on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
@@ -238,12 +273,13 @@ class TextureFamily(Family):
         h, w = x.shape[-2:]
         delta = None
         for i, name, _, _ in self._bands():
-            grid = params[name]
-            if self.config.highpass > 0:
-                grid = grid - blur_field(grid, self.config.highpass)
-            # The grid's corners sit on the image's corners (align_corners upsampling).
-            term = upsample_field(grid, h, w, UPSAMPLE) * vis[:, i : i + 1]
+            term = self._field(params[name], h, w) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
+        if CHROMA in params:  # the fine band's map is the first
+            opponent = self._field(params[CHROMA], h, w) * vis[:, :1]
+            basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
+            colour = torch.einsum("kc,bchw->bkhw", basis, opponent)
+            delta = colour if delta is None else delta + colour
         return x if delta is None else clamp_unit(x + delta)
 
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
@@ -251,5 +287,5 @@ class TextureFamily(Family):
 
     def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
         # Bounds do not depend on the size; shapes are read off the parameters themselves.
-        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(getattr(self.config, k)))
+        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(self._ratio(k)))
                 for k, p in params.items()}
