@@ -89,6 +89,10 @@ CONFIGS: dict[str, list[str]] = {
     "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
     "natural, texture x1.5, 6 stages": [*_texture_budget(1.5), "--stages", "6"],
+    "natural, texture x1.25, 5 stages": [*_texture_budget(1.25), "--stages", "5"],
+    "natural, mid+coarse x1.5, 6 stages": [
+        "--set", f"texture.mid={TextureConfig().mid * 1.5}",
+        "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6"],
     "natural, texture RGB": ["--set", "texture.channels=rgb"],
     "natural, fine chroma 3.2": ["--set", "texture.chroma=3.2"],
     "natural, fine chroma 1.6": ["--set", "texture.chroma=1.6"],
@@ -148,6 +152,11 @@ DESCRIPTION = {
     "natural, texture x1.5, 6 stages": "1.5x the texture bounds in six stages: the default's "
                                        "ladder (0.25 to 1 of its bounds) and two more rungs, "
                                        "1.25 and 1.5, for the images it leaves unfooled",
+    "natural, texture x1.25, 5 stages": "1.25x the texture bounds in five stages: the "
+                                        "default's ladder and one more rung",
+    "natural, mid+coarse x1.5, 6 stages": "the mid and coarse bands at 1.5x in six stages, "
+                                          "the fine band (the grain) kept at the default's "
+                                          "bound, reached at the last stage",
     "natural, texture RGB": "the default with the texture change drawn per channel (R, G, B "
                             "independently, same bounds) instead of luminance only",
     "natural, fine chroma 3.2": "the default plus opponent-colour grain in the fine band "
