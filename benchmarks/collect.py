@@ -214,10 +214,13 @@ def failure_policy_table() -> str:
     return "\n".join(out)
 
 
+STRONG_ROW = "natural, mid+coarse x1.5, 6 stages"  # the settings of --preset strong
+
+
 def presets_table() -> str:
     """natural vs subtle vs the baseline (cross-arch protocol, every set measured)."""
     presets = (("natural", "natural"), ("subtle", "natural, texture x0.5"),
-               ("baseline", "baseline"))
+               ("strong", STRONG_ROW), ("baseline", "baseline"))
     out = []
     for stem in ("strength-cross-arch-sample", *_derived_sets("cross-arch")):
         meta, by = _rows(stem)
@@ -236,7 +239,8 @@ def presets_table() -> str:
     if not out:
         return ""
     return "\n".join(["Measured (`benchmarks/strength.py`, cross-arch protocol; `subtle` is the "
-                      "row `natural, texture x0.5`, the same settings):\n", *out])
+                      f"row `natural, texture x0.5` and `strong` the row `{STRONG_ROW}`, the "
+                      "same settings):\n", *out])
 
 
 def _commit_of(doc: dict) -> str | None:

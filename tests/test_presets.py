@@ -27,6 +27,19 @@ def test_subtle_is_natural_with_half_the_texture_bounds():
     assert dataclasses.replace(subtle, family_options={}) == natural
 
 
+def test_strong_is_natural_with_two_more_stages_for_mid_and_coarse_texture():
+    strong, natural = PRESETS["strong"], PRESETS["natural"]
+    default = TextureConfig()
+    assert strong.family_options["texture"] == {"mid": default.mid * 1.5,
+                                                "coarse": default.coarse * 1.5}
+    assert strong.stages == natural.stages + 2
+    # The mid band's rungs: the default's four, then 1.25x and 1.5x of its bound.
+    rungs = [strong.family_options["texture"]["mid"] * (k + 1) / strong.stages
+             for k in range(strong.stages)]
+    assert rungs[:4] == pytest.approx([default.mid * (k + 1) / 4 for k in range(4)])
+    assert dataclasses.replace(strong, family_options={}, stages=natural.stages) == natural
+
+
 def test_a_family_option_overrides_one_preset_value_and_keeps_the_rest():
     cfg = resolve_preset("subtle", {"texture": {"fine": "2.0"}, "color": {"hue": "0.01"}},
                          steps=7)
