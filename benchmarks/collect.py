@@ -214,13 +214,14 @@ def failure_policy_table() -> str:
     return "\n".join(out)
 
 
-STRONG_ROW = "natural, mid+coarse x1.5, 6 stages"  # the settings of --preset strong
+# Each --preset and the strength.py row that ran its settings.
+PRESET_ROWS = {"natural": "natural", "subtle": "natural, texture x0.5",
+               "strong": "natural, mid+coarse x1.5, 6 stages", "baseline": "baseline"}
 
 
 def presets_table() -> str:
-    """natural vs subtle vs the baseline (cross-arch protocol, every set measured)."""
-    presets = (("natural", "natural"), ("subtle", "natural, texture x0.5"),
-               ("strong", STRONG_ROW), ("baseline", "baseline"))
+    """The presets side by side (cross-arch protocol, every set measured)."""
+    presets = tuple(PRESET_ROWS.items())
     out = []
     for stem in ("strength-cross-arch-sample", *_derived_sets("cross-arch")):
         meta, by = _rows(stem)
@@ -238,8 +239,8 @@ def presets_table() -> str:
                        f"{r['within_limits'] * n:.0f} | {r['natural_success'] * n:.0f} |")
     if not out:
         return ""
-    return "\n".join(["Measured (`benchmarks/strength.py`, cross-arch protocol; `subtle` is the "
-                      f"row `natural, texture x0.5` and `strong` the row `{STRONG_ROW}`, the "
+    rows = " and ".join(f"`{p}` the row `{r}`" for p, r in presets if p != r)
+    return "\n".join([f"Measured (`benchmarks/strength.py`, cross-arch protocol; {rows}, the "
                       "same settings):\n", *out])
 
 

@@ -64,20 +64,18 @@ def test_the_loop_suppresses_the_features_the_true_class_leans_on(sample_images)
 
     ens = Ensemble([create_classifier("mobilenet_v2")])
     x, y = sample_images[0][:2], sample_images[1][:2]
+    judge = Attack(AttackConfig(feature_weight=1.0), ens)  # its tap and importance
+    importance = [judge.guide(x, y, [torch.Generator().manual_seed(i) for i in range(2)])[
+        "importance.0"]]
     scores = []
     for weight in (0.0, 20.0):
         # A low cap on the margin: past it, only the feature term pulls.
         cfg = AttackConfig(families=("pixel",), work_size=0, stages=1, steps=4, refine=0,
                            di_prob=0.0, kappa=0.5, feature_weight=weight)
-        attack = Attack(cfg, ens)
-        res = attack.run(x, y)
-        judge = Attack(AttackConfig(feature_weight=1.0), ens)  # its tap and importance
-        gens = [torch.Generator().manual_seed(i) for i in range(2)]
-        guide = judge.guide(x, y, gens)
+        res = Attack(cfg, ens).run(x, y)
         adv = torch.stack([r.decoded for r in res]).float() / 255
         with torch.no_grad(), judge.tap.recording() as feats:
             ens(ens.to_input_size(adv))
-        imp = [guide["importance.0"]]
-        scores.append(feature_loss(feats, imp))
+        scores.append(feature_loss(feats, importance))
         assert all(r.passes == 4 + (cfg.feature_copies if weight else 0) for r in res)
     assert (scores[1] > scores[0]).all(), scores

@@ -360,8 +360,8 @@ def _gaussian_weights(size: int, sigma: float, border: str, device: torch.device
 def blur_field(grid: Tensor, sigma: float) -> Tensor:
     """``kornia.filters.gaussian_blur2d`` of a (B, C, h, w) grid with kernel
     ``2 * ceil(3 sigma) + 1``: reflected borders, replicated on grids too small to reflect.
-    As banded matrix products, one axis at a time: the backward of a single-channel
-    convolution costs the CPU a quarter of a texture step; a product's costs a few percent."""
+    As banded matrix products, one axis at a time: on the CPU a single-channel convolution's
+    backward is far slower than a product's."""
     b, c, gh, gw = grid.shape
     border = "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
     rows = _gaussian_weights(gh, sigma, border, grid.device, grid.dtype)

@@ -77,6 +77,9 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
+# Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
+FLAT_START, FLAT_FULL = 3.0, 8.0
+
 CHROMA = "fine_chroma"  # the parameter of the fine band's opponent-colour components
 
 
@@ -86,8 +89,6 @@ def _opponent_basis(device: torch.device, dtype: torch.dtype) -> Tensor:
     orthogonal to grey (1, 1, 1), and no channel moves by more than one unit."""
     return torch.tensor([[0.5, 1 / 3], [-0.5, 1 / 3], [0.0, -2 / 3]], device=device,
                         dtype=dtype)
-# Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
-FLAT_START, FLAT_FULL = 3.0, 8.0
 
 
 def _local_std(t: Tensor) -> Tensor:
