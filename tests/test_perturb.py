@@ -590,28 +590,6 @@ def test_texture_chroma_is_fine_grain_off_the_grey_axis_within_its_bound():
         compose(["texture"], {"texture": {"chroma": 1.0, "channels": "rgb"}})
 
 
-def test_texture_gain_scales_the_originals_own_band_and_adds_no_blob():
-    from unrestrict.perturb.texture import BANDS, visibility
-
-    x = _photo() * 0.6 + 0.2  # no clamping
-    comp = compose(["texture"], {"texture": {"fine": 0, "mid": 0, "coarse": 0, "mid_gain": 1.5}})
-    specs = comp.specs(96, 96)
-    assert set(specs) == {"texture.mid_gain"} and specs["texture.mid_gain"].shape == (1, 13, 13)
-    structure = visibility(x, bands=BANDS[1:2], range_margin=0.2, signed=True)
-    # A constant gain g is g times the original's gated band, in every channel.
-    params = {"texture.mid_gain": torch.full((1, 1, 13, 13), 0.5)}
-    delta = comp.apply(x, params) - x
-    torch.testing.assert_close(delta, (0.5 * structure).expand_as(delta), atol=1e-6, rtol=0)
-    # A random gain stays within bound x |band|, and is zero wherever the band is (flat grey).
-    params = _rand_params(comp, x, 1.0)
-    delta = comp.apply(x, params) - x
-    assert (delta.abs() <= 1.5 * structure.abs() + 1e-6).all()
-    assert delta.abs().amax() > 0.2 * structure.abs().amax()
-    assert delta[..., 20:76, 56:66].abs().amax() < 1e-6
-    with pytest.raises(ConfigError, match="gain"):
-        compose(["texture"], {"texture": {"coarse_gain": -1.0}})
-
-
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():
     from unrestrict.perturb.texture import visibility
 

@@ -81,7 +81,6 @@ UPSAMPLE = "bspline"
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
 CHROMA = "fine_chroma"  # the parameter of the fine band's opponent-colour components
-GAIN = "_gain"  # suffix of a band's local-contrast gain (config field and parameter)
 
 
 @cached_constant
@@ -140,8 +139,7 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
-               range_margin: float = 0.0, detail_sigma: float = 0.0,
-               signed: bool = False) -> Tensor:
+               range_margin: float = 0.0, detail_sigma: float = 0.0) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -156,8 +154,6 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
             its band's full map; a pixel at either extreme gets none.
         detail_sigma: 0, or measure ``flat`` on the luminance minus its blur of this sigma
             (detail only), not on the luminance itself.
-        signed: the original's own band (signed, a difference of Gaussians of its luminance)
-            under the same gates, instead of its local amplitude.
 
     Returns:
         (B, len(bands), H, W).
@@ -171,8 +167,6 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
         local = _blur(energy, 2 * s1).sqrt()
         wide = _blur(energy, 2 * s1 * density_scale).sqrt()
         amp = torch.minimum(local, wide)
-        if signed:  # the same density gate (low along isolated edges) on the band itself
-            amp = band * amp / local.clamp_min(1e-6)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
         if range_margin > 0:
@@ -202,11 +196,6 @@ class TextureConfig:
     # Gaussian sigma (px) of the blur subtracted from the luminance before flat_start/flat_full
     # measure it (0: the plain std, which counts smooth shading as activity).
     detail_sigma: float = 0.0
-    # Bound of a smooth gain on the original's own band (0: off): a local-contrast edit that
-    # follows the image's structure, so it cannot add a blob of the band's scale.
-    fine_gain: float = 0.0
-    mid_gain: float = 0.0
-    coarse_gain: float = 0.0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -235,50 +224,30 @@ class TextureFamily(Family):
                 self.config.channels != "luma" or self.config.fine <= 0)):
             raise ConfigError("texture chroma must be >= 0, and needs channels 'luma' and the "
                               "fine band")
-        if min(getattr(self.config, b[0] + GAIN) for b in BANDS) < 0:
-            raise ConfigError("texture gains must be >= 0 (0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
 
-    def _on(self) -> tuple[tuple[str, tuple[float, float], int], ...]:
-        """The bands with a free field or a gain."""
-        c = self.config
-        return tuple(b for b in BANDS if getattr(c, b[0]) > 0 or getattr(c, b[0] + GAIN) > 0)
-
     def _bands(self) -> list[tuple[int, str, int, float]]:
-        """(index into the visibility maps, name, stride, ratio) of each band's free field."""
+        """(index into the visibility maps, name, stride, ratio) of each band switched on."""
+        on = [b for b in BANDS if getattr(self.config, b[0]) > 0]
         return [(i, name, stride, getattr(self.config, name))
-                for i, (name, _, stride) in enumerate(self._on())
-                if getattr(self.config, name) > 0]
+                for i, (name, _, stride) in enumerate(on)]
 
-    def _gains(self) -> list[tuple[int, str, int]]:
-        """(index into the maps, parameter name, stride) of each band's gain: its grid is
-        twice as coarse as the band's own, so the gain is a smooth local-contrast change."""
-        return [(i, name + GAIN, 2 * stride)
-                for i, (name, _, stride) in enumerate(self._on())
-                if getattr(self.config, name + GAIN) > 0]
-
-    def _grid_bound(self, name: str) -> float:
-        ratio = self._ratio(name)
-        return ratio / 2 if self.config.highpass > 0 and not name.endswith(GAIN) else ratio
+    def _grid_bound(self, ratio: float) -> float:
+        return ratio / 2 if self.config.highpass > 0 else ratio
 
     def _ratio(self, name: str) -> float:
         return self.config.chroma if name == CHROMA else getattr(self.config, name)
 
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         c = 1 if self.config.channels == "luma" else 3
-
-        def grid(stride: int) -> tuple[int, int]:
-            return -(-height // stride) + 1, -(-width // stride) + 1
-
-        specs = {name: ParamSpec((c, *grid(stride)), self._grid_bound(name))
-                 for _, name, stride, _ in self._bands()}
-        specs |= {name: ParamSpec((1, *grid(stride)), self._grid_bound(name))
-                  for _, name, stride in self._gains()}
+        specs = {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
+                                 self._grid_bound(ratio))
+                 for _, name, stride, ratio in self._bands()}
         if self.config.chroma > 0:
             fine = specs["fine"].shape
-            specs[CHROMA] = ParamSpec((2, *fine[1:]), self._grid_bound(CHROMA))
+            specs[CHROMA] = ParamSpec((2, *fine[1:]), self._grid_bound(self.config.chroma))
         return specs
 
     def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
@@ -289,13 +258,11 @@ class TextureFamily(Family):
         return upsample_field(grid, h, w, UPSAMPLE)
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
+        on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
         c = self.config
-        args = (c.edge_power, c.density_scale, self._on(), (c.flat_start / 255,
-                c.flat_full / 255), c.range_margin, c.detail_sigma)
-        out = {"visibility": visibility(x, *args)}
-        if self._gains():
-            out["structure"] = visibility(x, *args, signed=True)
-        return out
+        flat = (c.flat_start / 255, c.flat_full / 255)
+        return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat,
+                                         c.range_margin, c.detail_sigma)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
@@ -309,10 +276,6 @@ class TextureFamily(Family):
         for i, name, _, _ in self._bands():
             term = self._field(params[name], h, w) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
-        for i, name, _ in self._gains():
-            gain = upsample_field(params[name], h, w, UPSAMPLE)
-            term = gain * prepared["structure"][:, i : i + 1]
-            delta = term if delta is None else delta + term
         if CHROMA in params:  # the fine band's map is the first
             opponent = self._field(params[CHROMA], h, w) * vis[:, :1]
             basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
@@ -325,5 +288,5 @@ class TextureFamily(Family):
 
     def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
         # Bounds do not depend on the size; shapes are read off the parameters themselves.
-        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(k))
+        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(self._ratio(k)))
                 for k, p in params.items()}
