@@ -100,6 +100,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
+    "natural, val margin 2": ["--val-margin", "2"],
+    "natural, val margin 3": ["--val-margin", "3"],
+    "natural, val margin 8": ["--val-margin", "8"],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
                              "--set", "texture.coarse=6.4"],
@@ -181,6 +184,10 @@ DESCRIPTION = {
     "natural, grade x0.25": "a quarter of the old global grade's bounds (today's default)",
     "natural, cpu batch 1": "the default attacked one image at a time on the CPU (the cost "
                             "of chunks; results differ from chunks of 4 in the last bits)",
+    "natural, val margin 2": "the default; an image stops growing once the budget-check "
+                             "model is fooled by a logit margin of 2 (default 5)",
+    "natural, val margin 3": "the default with a budget-check margin of 3",
+    "natural, val margin 8": "the default with a budget-check margin of 8",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
