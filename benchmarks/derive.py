@@ -17,15 +17,19 @@ from pathlib import Path
 from PIL import Image, ImageEnhance
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+# Beside dev.csv: which sample photo each derived image was cut from, so a benchmark can
+# count distinct photos, not only images.
+SOURCES = "sources.csv"
 
 
 def derive(n: int, out: Path, seed: int = 0, source: Path = SAMPLE) -> Path:
     rows = list(csv.DictReader((source / "dev.csv").open()))
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    with (out / "dev.csv").open("w", newline="") as f:
-        w = csv.writer(f)
+    with (out / "dev.csv").open("w", newline="") as f, (out / SOURCES).open("w", newline="") as g:
+        w, sources = csv.writer(f), csv.writer(g)
         w.writerow(["ImageId", "TrueLabel"])
+        sources.writerow(["ImageId", "Source"])
         for i in range(n):
             src = rows[i % len(rows)]
             im = Image.open(source / "images" / src["ImageId"]).convert("RGB")
@@ -40,6 +44,7 @@ def derive(n: int, out: Path, seed: int = 0, source: Path = SAMPLE) -> Path:
             name = f"{i}.jpg"
             im.save(out / "images" / name, quality=95)
             w.writerow([name, src["TrueLabel"]])
+            sources.writerow([name, src["ImageId"]])
     return out
 
 

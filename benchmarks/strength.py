@@ -27,6 +27,7 @@ anything.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import shlex
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
+from derive import SOURCES
 from unrestrict.perturb.texture import TextureConfig
 
 
@@ -248,8 +250,6 @@ def _sheet_wanted(input_dir: Path, protocol: str) -> bool:
 def contact_sheet(input_dir: Path, out: Path, per_image: Path, path: Path,
                   thumb: int = 200) -> None:
     """Every result beside its original, small, as one JPEG to commit."""
-    import csv
-
     from unrestrict.report import contact_sheet as sheet
     from unrestrict.report import thumbnails
 
@@ -369,7 +369,19 @@ def score_columns(input_dir: Path, out: Path, proto: Protocol) -> dict:
         # a few dozen images is dominated by its small-sample bias.
         "score_no_fid": 100 * summary["asr"] * summary["score_factors"]["lpips"],
         "score_seconds": s.seconds,
+        **missed(input_dir, per_image, proto.eval[0]),
     }
+
+
+def missed(input_dir: Path, per_image: Path, model: str) -> dict:
+    """Images ``model`` still classifies correctly, and how many distinct photos they are
+    (derived images name their source photo in ``sources.csv``; otherwise each is its own)."""
+    source_file = input_dir / SOURCES
+    sources = ({r["ImageId"]: r["Source"] for r in csv.DictReader(source_file.open())}
+               if source_file.is_file() else {})
+    ids = [r["ImageId"] for r in csv.DictReader(per_image.open())
+           if r[f"adv_pred[{model}]"] == r["TrueLabel"]]
+    return {"missed_images": len(ids), "missed_photos": len({sources.get(i, i) for i in ids})}
 
 
 def _print_row(row: dict) -> None:
@@ -449,15 +461,21 @@ def render(meta: dict, rows: list[dict]) -> str:
           "fool every held-out model and stay within every limit. FID from "
           f"{n} images is rank-deficient and biased upwards: compare it between rows only. "
           "`no-FID score` = 100 x mean held-out ASR x LPIPS factor. `passes` = forward+backward "
-          "passes of the attack model per image.\n",
-          "| config | " + " | ".join(f"ASR {m}" for m in evals) + " | budget check | LPIPS | "
+          f"passes of the attack model per image. `missed (photos)`: images {evals[0]} still "
+          "classifies correctly, and the distinct source photos among them (`-` where a row "
+          "predates the column).\n",
+          "| config | " + " | ".join(f"ASR {m}" for m in evals) + " | missed (photos) | "
+          "budget check | LPIPS | "
           "drift | flat noise | detail | tone | natural | fooled+natural | FID (biased) | "
           "no-FID score | vs baseline | passes | s/img |",
-          "|---" * (len(evals) + 14) + "|"]
+          "|---" * (len(evals) + 15) + "|"]
     for r in rows:
         asr = " | ".join(f"{r['asr_per_model'][m]:.3f}" for m in evals)
+        miss = (f"{r['missed_images']} ({r['missed_photos']})" if "missed_images" in r
+                else "-")
         md.append(
-            f"| {r['config']} | {asr} | {opt(r.get('val_success'), '.3f')} | {r['lpips']:.4f} | "
+            f"| {r['config']} | {asr} | {miss} | {opt(r.get('val_success'), '.3f')} | "
+            f"{r['lpips']:.4f} | "
             f"{r['color_drift']:.2f} / {r['color_drift_p95']:.2f} | {r['flat_noise']:.2f} | "
             f"{r['detail_excess']:.3f} / {r['detail_excess_p95']:.3f} | "
             f"{opt(r.get('tone_shift'), '.2f')} | "
