@@ -627,6 +627,30 @@ def test_texture_detail_activity_treats_smooth_shading_as_flat():
         assert (visibility(image, detail_sigma=4.0) <= visibility(image)).all()
 
 
+def test_texture_lowcut_takes_out_the_slow_part_and_leaves_flats_alone():
+    from unrestrict.perturb.base import blur_field
+
+    # Grids not high-passed and all positive: a change that brightens the whole textured area,
+    # the slow part an optimiser builds where the maps follow a pattern.
+    x = _photo() * 0.6 + 0.2
+    plain = compose(["texture"], {"texture": {"highpass": 0.0}})
+    cut = compose(["texture"], {"texture": {"highpass": 0.0, "lowcut": 8.0}})
+    params = {k: v.abs() for k, v in _rand_params(plain, x, 1.0).items()}
+    before, after = plain.apply(x, params) - x, cut.apply(x, params) - x
+    texture = (..., slice(20, 76), slice(8, 40))
+
+    def slow(d):
+        return blur_field(d[:, :1], 8.0)[texture].abs().mean()
+
+    assert slow(after) < 0.3 * slow(before)
+    assert after[texture].abs().mean() > 0.2 * before[texture].abs().mean()  # the fast part
+    # Where no band may change anything, nothing changes: the mean is taken over the support.
+    assert before[..., 20:76, 56:66].abs().amax() == 0
+    assert after[..., 20:76, 56:66].abs().amax() == 0
+    with pytest.raises(ConfigError, match="lowcut"):
+        compose(["texture"], {"texture": {"lowcut": "-1"}})
+
+
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose

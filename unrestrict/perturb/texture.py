@@ -200,6 +200,11 @@ class TextureConfig:
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
     highpass: float = 1.0
+    # Gaussian sigma (px) of the local mean taken out of the luminance change, over the pixels
+    # it may touch (0: off). A band's map follows the texture under it, so its product with a
+    # zero-mean field keeps a slow part that reads as a smudge on a patterned wall. The change
+    # then may exceed a band's bound by the local mean it loses.
+    lowcut: float = 0.0
 
 
 @register_family
@@ -224,6 +229,8 @@ class TextureFamily(Family):
                 self.config.channels != "luma" or self.config.fine <= 0)):
             raise ConfigError("texture chroma must be >= 0, and needs channels 'luma' and the "
                               "fine band")
+        if self.config.lowcut < 0:
+            raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -261,8 +268,14 @@ class TextureFamily(Family):
         on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
-        return {"visibility": visibility(x, c.edge_power, c.density_scale, on, flat,
-                                         c.range_margin, c.detail_sigma)}
+        vis = visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
+                         c.detail_sigma)
+        if c.lowcut <= 0:
+            return {"visibility": vis}
+        # Normalised convolution: the local mean over the support, not over flat pixels too.
+        support = (vis.amax(1, keepdim=True) > 0).to(vis.dtype)
+        return {"visibility": vis, "support": support,
+                "support_mean": blur_field(support, c.lowcut).clamp_min(1e-3)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
@@ -276,6 +289,9 @@ class TextureFamily(Family):
         for i, name, _, _ in self._bands():
             term = self._field(params[name], h, w) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
+        if delta is not None and "support" in prepared:
+            local_mean = blur_field(delta, self.config.lowcut) / prepared["support_mean"]
+            delta = delta - prepared["support"] * local_mean
         if CHROMA in params:  # the fine band's map is the first
             opponent = self._field(params[CHROMA], h, w) * vis[:, :1]
             basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
