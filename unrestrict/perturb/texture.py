@@ -200,10 +200,10 @@ class TextureConfig:
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
     highpass: float = 1.0
-    # Gaussian sigma (px) of the local mean taken out of the luminance change, over the pixels
-    # it may touch (0: off). A band's map follows the texture under it, so its product with a
-    # zero-mean field keeps a slow part that reads as a smudge on a patterned wall. The change
-    # then may exceed a band's bound by the local mean it loses.
+    # Gaussian sigma (px) of the local mean taken out of the luminance change (0: off), put
+    # back in proportion to each pixel's bound. A band's map follows the texture under it, so
+    # its product with a zero-mean field keeps a slow part that reads as a smudge on a
+    # patterned wall. The change then may exceed its bound by the local mean it loses.
     lowcut: float = 0.0
 
 
@@ -272,10 +272,11 @@ class TextureFamily(Family):
                          c.detail_sigma)
         if c.lowcut <= 0:
             return {"visibility": vis}
-        # Normalised convolution: the local mean over the support, not over flat pixels too.
-        support = (vis.amax(1, keepdim=True) > 0).to(vis.dtype)
-        return {"visibility": vis, "support": support,
-                "support_mean": blur_field(support, c.lowcut).clamp_min(1e-3)}
+        # Normalised convolution with each pixel's bound as its weight: the mean goes back
+        # where the bands may change the most, none to pixels they may not change at all.
+        bound = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
+        return {"visibility": vis, "support": bound,
+                "support_mean": blur_field(bound, c.lowcut).clamp_min(1e-6)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
