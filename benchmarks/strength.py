@@ -106,7 +106,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, val margin 3": ["--val-margin", "3"],
     "natural, val margin 8": ["--val-margin", "8"],
     "natural, lowcut 8": ["--set", "texture.lowcut=8"],
-    "natural, lowcut 4": ["--set", "texture.lowcut=4"],
     "natural, lowcut 8, mid+coarse x1.5, 6 stages": [
         "--set", "texture.lowcut=8", "--set", f"texture.mid={TextureConfig().mid * 1.5}",
         "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6"],
@@ -196,9 +195,7 @@ DESCRIPTION = {
     "natural, val margin 3": "the default with a budget-check margin of 3",
     "natural, val margin 8": "the default with a budget-check margin of 8",
     "natural, lowcut 8": "the default with the texture change's local mean (Gaussian sigma "
-                         "8 px, over the pixels it may touch) taken out: no slow smudges",
-    "natural, lowcut 4": "the default with the texture change's local mean (sigma 4 px) "
-                         "taken out",
+                         "8 px) taken out and put back in proportion to each pixel's bound",
     "natural, lowcut 8, mid+coarse x1.5, 6 stages": "lowcut 8 with the mid and coarse bands "
                                                     "at 1.5x in six stages (as `strong`)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "

@@ -275,8 +275,8 @@ class TextureFamily(Family):
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
         # where the bands may change the most, none to pixels they may not change at all.
         bound = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
-        return {"visibility": vis, "support": bound,
-                "support_mean": blur_field(bound, c.lowcut).clamp_min(1e-6)}
+        return {"visibility": vis, "lowcut_weight": bound,
+                "lowcut_norm": blur_field(bound, c.lowcut).clamp_min(1e-6)}
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
@@ -290,9 +290,9 @@ class TextureFamily(Family):
         for i, name, _, _ in self._bands():
             term = self._field(params[name], h, w) * vis[:, i : i + 1]
             delta = term if delta is None else delta + term
-        if delta is not None and "support" in prepared:
-            local_mean = blur_field(delta, self.config.lowcut) / prepared["support_mean"]
-            delta = delta - prepared["support"] * local_mean
+        if delta is not None and "lowcut_weight" in prepared:
+            local_mean = blur_field(delta, self.config.lowcut) / prepared["lowcut_norm"]
+            delta = delta - prepared["lowcut_weight"] * local_mean
         if CHROMA in params:  # the fine band's map is the first
             opponent = self._field(params[CHROMA], h, w) * vis[:, :1]
             basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
