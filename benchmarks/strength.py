@@ -109,6 +109,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, lowcut 8, mid+coarse x1.5, 6 stages": [
         "--set", "texture.lowcut=8", "--set", f"texture.mid={TextureConfig().mid * 1.5}",
         "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6"],
+    "natural, lowcut 8, mid+coarse x1.25, 5 stages": [
+        "--set", "texture.lowcut=8", "--set", f"texture.mid={TextureConfig().mid * 1.25}",
+        "--set", f"texture.coarse={TextureConfig().coarse * 1.25}", "--stages", "5"],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
                              "--set", "texture.coarse=6.4"],
@@ -198,6 +201,9 @@ DESCRIPTION = {
                          "8 px) taken out and put back in proportion to each pixel's bound",
     "natural, lowcut 8, mid+coarse x1.5, 6 stages": "lowcut 8 with the mid and coarse bands "
                                                     "at 1.5x in six stages (as `strong`)",
+    "natural, lowcut 8, mid+coarse x1.25, 5 stages": "lowcut 8 with the mid and coarse bands "
+                                                     "at 1.25x in five stages (halfway to "
+                                                     "`strong`)",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
