@@ -33,6 +33,7 @@ SETTINGS = {
     "texture": AttackConfig(families=("texture",)),
     "color": AttackConfig(families=("color",)),
     "default (texture+color)": AttackConfig(),
+    "default, texture lowcut 8": AttackConfig(family_options={"texture": {"lowcut": 8.0}}),
     "default, 2 copies": AttackConfig(copies=2),
     "default, exact gradients": AttackConfig(sgm_gamma=1.0, relu_width=0.0),
     "style": AttackConfig(families=("style",)),
