@@ -104,8 +104,8 @@ def test_fid_is_zero_for_a_set_against_itself_and_grows_with_noise(fid_features,
     same.update(fid_features(x))
     assert frechet_distance(ref, same) == pytest.approx(0.0, abs=1e-3)
     fids = []
-    # Each FID is a scipy sqrtm of a 2048x2048 matrix (~15 s here): three levels suffice.
-    for sigma in (0.03, 0.1, 0.3):
+    # Each FID is a scipy sqrtm of a 2048x2048 matrix (~15 s here): two levels suffice.
+    for sigma in (0.03, 0.3):
         s = FeatureStats()
         s.update(fid_features((x + sigma * noise).clamp(0, 1)))
         fids.append(frechet_distance(ref, s))
