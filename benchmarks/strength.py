@@ -112,6 +112,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, lowcut 8, mid+coarse x1.25, 5 stages": [
         "--set", "texture.lowcut=8", "--set", f"texture.mid={TextureConfig().mid * 1.25}",
         "--set", f"texture.coarse={TextureConfig().coarse * 1.25}", "--stages", "5"],
+    "natural, cap 8": ["--set", "texture.cap=8"],
+    "natural, cap 4": ["--set", "texture.cap=4"],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
                              "--set", "texture.coarse=6.4"],
@@ -204,6 +206,8 @@ DESCRIPTION = {
     "natural, lowcut 8, mid+coarse x1.25, 5 stages": "lowcut 8 with the mid and coarse bands "
                                                      "at 1.25x in five stages (halfway to "
                                                      "`strong`)",
+    "natural, cap 8": "the default with each texture band's change capped at 8/255",
+    "natural, cap 4": "the default with each texture band's change capped at 4/255",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "

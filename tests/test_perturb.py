@@ -654,6 +654,30 @@ def test_texture_lowcut_takes_out_the_slow_part_and_leaves_flats_alone():
         compose(["texture"], {"texture": {"lowcut": "-1"}})
 
 
+def test_texture_cap_bounds_each_band_in_absolute_terms():
+    from unrestrict.perturb.texture import visibility
+
+    # Strong texture: ratio times its band amplitude is far above the cap, so the cap binds.
+    x = _photo() * 0.6 + 0.2
+    free = compose(["texture"])
+    capped = compose(["texture"], {"texture": {"cap": 4.0}})
+    params = _rand_params(free, x, 1.0)
+    cfg = free.families[0].config
+    ratios = torch.tensor([cfg.fine, cfg.mid, cfg.coarse]).view(1, 3, 1, 1)
+    assert (ratios * visibility(x)).amax() > 3 * 4.0 / 255
+    bound = capped.families[0].prepare(x)["visibility"] * ratios
+    assert bound.amax() <= 4.0 / 255 + 1e-7
+    delta = capped.apply(x, params) - x
+    assert delta.abs().amax() <= 3 * 4.0 / 255 + 1e-6  # three bands, each within the cap
+    assert delta.abs().amax() < (free.apply(x, params) - x).abs().amax()
+    # Weak texture stays under the cap: its maps are unchanged.
+    faint = x * 0.05 + 0.45
+    torch.testing.assert_close(capped.families[0].prepare(faint)["visibility"],
+                               visibility(faint), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="cap"):
+        compose(["texture"], {"texture": {"cap": "-1"}})
+
+
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose

@@ -205,6 +205,10 @@ class TextureConfig:
     # its product with a zero-mean field keeps a slow part that reads as a smudge on a
     # patterned wall. The change then may exceed its bound by the local mean it loses.
     lowcut: float = 0.0
+    # Largest change (/255) any one band may make at a pixel (0: off). The ratios scale with
+    # the original's band amplitude, so a high-contrast pattern (a dalmatian's spots, tile
+    # motifs) would allow changes large enough to reshape its elements.
+    cap: float = 0.0
 
 
 @register_family
@@ -229,6 +233,8 @@ class TextureFamily(Family):
                 self.config.channels != "luma" or self.config.fine <= 0)):
             raise ConfigError("texture chroma must be >= 0, and needs channels 'luma' and the "
                               "fine band")
+        if self.config.cap < 0:
+            raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
         if self.config.lowcut < 0:
             raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
@@ -270,6 +276,10 @@ class TextureFamily(Family):
         flat = (c.flat_start / 255, c.flat_full / 255)
         vis = visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
                          c.detail_sigma)
+        if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
+            ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
+                                  dtype=vis.dtype)
+            vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
         if c.lowcut <= 0:
             return {"visibility": vis}
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
