@@ -114,6 +114,8 @@ CONFIGS: dict[str, list[str]] = {
         "--set", f"texture.coarse={TextureConfig().coarse * 1.25}", "--stages", "5"],
     "natural, cap 8": ["--set", "texture.cap=8"],
     "natural, cap 4": ["--set", "texture.cap=4"],
+    "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
+    "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
                              "--set", "texture.coarse=6.4"],
@@ -208,6 +210,10 @@ DESCRIPTION = {
                                                      "`strong`)",
     "natural, cap 8": "the default with each texture band's change capped at 8/255",
     "natural, cap 4": "the default with each texture band's change capped at 4/255",
+    "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
+                                  "moderate texture gets more, strong patterns less",
+    "natural, cap 8, texture x4": "each texture band capped at 8/255, its ratio four times "
+                                  "the default's",
     "natural, failures unchanged": "the default; images that never fool the budget check are "
                                    "written unchanged",
     "natural, failures ensemble-minimal": "the default; images that never fool the budget check "
