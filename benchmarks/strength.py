@@ -114,6 +114,8 @@ CONFIGS: dict[str, list[str]] = {
         "--set", f"texture.coarse={TextureConfig().coarse * 1.25}", "--stages", "5"],
     "natural, cap 8": ["--set", "texture.cap=8"],
     "natural, cap 4": ["--set", "texture.cap=4"],
+    "natural, cap 12": ["--set", "texture.cap=12"],
+    "natural, cap 16": ["--set", "texture.cap=16"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
@@ -210,6 +212,8 @@ DESCRIPTION = {
                                                      "`strong`)",
     "natural, cap 8": "the default with each texture band's change capped at 8/255",
     "natural, cap 4": "the default with each texture band's change capped at 4/255",
+    "natural, cap 12": "the default with each texture band's change capped at 12/255",
+    "natural, cap 16": "the default with each texture band's change capped at 16/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
     "natural, cap 8, texture x4": "each texture band capped at 8/255, its ratio four times "
