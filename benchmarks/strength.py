@@ -116,6 +116,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 4": ["--set", "texture.cap=4"],
     "natural, cap 12": ["--set", "texture.cap=12"],
     "natural, cap 16": ["--set", "texture.cap=16"],
+    "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
@@ -214,6 +215,7 @@ DESCRIPTION = {
     "natural, cap 4": "the default with each texture band's change capped at 4/255",
     "natural, cap 12": "the default with each texture band's change capped at 12/255",
     "natural, cap 16": "the default with each texture band's change capped at 16/255",
+    "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
     "natural, cap 8, texture x4": "each texture band capped at 8/255, its ratio four times "
