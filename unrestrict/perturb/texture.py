@@ -26,13 +26,15 @@ bound below is exact. The map is
   or curved surface, where a change shows as mottling, counts as flat too.
 
 Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the change in band
-k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and blurred
-regions, a fraction of the original's own contrast in textured ones. The change is added to
-R, G and B alike (luminance only, hue kept) unless ``channels="rgb"``. With ``chroma``, the
-fine band also gets two opponent-colour components (red-green, yellow-blue: no change along
-the grey axis), bounded the same way: the eye resolves colour more coarsely than lightness,
-so colour grain at the finest scale hides where lightness grain of the same size would not,
-and it averages out before it could read as a colour cast.
+k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and
+blurred regions, a fraction of the original's own contrast in textured ones. With ``cap``,
+each map is at most ``cap / ratio_k``, so no band changes a pixel by more than ``cap``
+(0-255 units). The change is added to R, G and B alike (luminance only, hue kept) unless
+``channels="rgb"``. With ``chroma``, the fine band also gets two opponent-colour components
+(red-green, yellow-blue: no change along the grey axis), bounded the same way: the eye
+resolves colour more coarsely than lightness, so colour grain at the finest scale hides
+where lightness grain of the same size would not, and it averages out before it could read
+as a colour cast.
 """
 
 from __future__ import annotations
@@ -207,7 +209,8 @@ class TextureConfig:
     lowcut: float = 0.0
     # Largest change (/255) any one band may make at a pixel (0: off). The ratios scale with
     # the original's band amplitude, so a high-contrast pattern (a dalmatian's spots, tile
-    # motifs) would allow changes large enough to reshape its elements.
+    # motifs) would allow changes large enough to reshape its elements. The fine band's capped
+    # map also bounds chroma.
     cap: float = 0.0
 
 
