@@ -96,8 +96,13 @@ CONFIGS: dict[str, list[str]] = {
         "--set", f"texture.mid={TextureConfig().mid * 1.5}",
         "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6"],
     "natural, texture RGB": ["--set", "texture.channels=rgb"],
-    "natural, fine chroma 3.2": ["--set", "texture.chroma=3.2"],
-    "natural, fine chroma 1.6": ["--set", "texture.chroma=1.6"],
+    "natural, colour-masked chroma 3.2/8": ["--set", "texture.chroma_fine=3.2",
+                                            "--set", "texture.chroma_mid=8"],
+    "natural, colour-masked chroma 6.4/16": ["--set", "texture.chroma_fine=6.4",
+                                             "--set", "texture.chroma_mid=16"],
+    "natural, cap 16, colour-masked chroma 6.4/16": [
+        "--set", "texture.cap=16", "--set", "texture.chroma_fine=6.4",
+        "--set", "texture.chroma_mid=16"],
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
@@ -178,9 +183,13 @@ DESCRIPTION = {
                                           "bound, reached at the last stage",
     "natural, texture RGB": "the default with the texture change drawn per channel (R, G, B "
                             "independently, same bounds) instead of luminance only",
-    "natural, fine chroma 3.2": "the default plus opponent-colour grain in the fine band "
-                                "only, bounded like its luminance (ratio 3.2)",
-    "natural, fine chroma 1.6": "the fine band's colour grain at half the ratio (1.6)",
+    "natural, colour-masked chroma 3.2/8": "opponent colour in the fine (3.2) and mid (8) bands, "
+                                           "bounded by the original's own colour detail of each "
+                                           "band instead of its lightness detail",
+    "natural, colour-masked chroma 6.4/16": "colour-masked opponent colour at twice those ratios "
+                                            "(fine 6.4, mid 16)",
+    "natural, cap 16, colour-masked chroma 6.4/16": "texture cap 16/255 (on colour too) with "
+                                                    "colour-masked opponent colour 6.4/16",
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",

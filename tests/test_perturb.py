@@ -570,24 +570,49 @@ def test_texture_change_is_bounded_by_ratio_times_visibility(channels):
     assert comp.limits(params, level)["texture.fine"].item() == pytest.approx(cfg.fine * 0.25)
 
 
-def test_texture_chroma_is_fine_grain_off_the_grey_axis_within_its_bound():
-    from unrestrict.perturb.texture import visibility
+def _coloured_photo(size: int = 96) -> torch.Tensor:
+    """_photo with each channel's texture drawn apart: colour detail as well as lightness."""
+    g = torch.Generator().manual_seed(1)
+    x = _photo(size)
+    x[..., : size // 2] += (torch.rand(1, 3, size, size // 2, generator=g) - 0.5) * 0.2
+    return x.clamp(0, 1) * 0.6 + 0.2  # away from 0 and 1: no clamping
 
-    x = _photo() * 0.6 + 0.2
+
+@pytest.mark.parametrize("band", ["fine", "mid"])
+def test_texture_chroma_is_off_the_grey_axis_and_bounded_by_colour_detail(band):
+    from unrestrict.perturb.texture import chroma_visibility
+
+    i = ("fine", "mid").index(band)
     luma_only = compose(["texture"])
-    comp = compose(["texture"], {"texture": {"chroma": 2.0}})
+    comp = compose(["texture"], {"texture": {f"chroma_{band}": 2.0}})
+    x = _coloured_photo()
     params = _rand_params(comp, x, 0.5)
+    assert f"texture.{band}_chroma" in params
     y = comp.apply(x, params)
-    base = luma_only.apply(x, {k: v for k, v in params.items() if k != "texture.fine_chroma"})
+    base = luma_only.apply(x, {k: v for k, v in params.items() if "_chroma" not in k})
     colour = y - base  # what the chroma components add
     # Off the grey axis: the channels' mean (the luminance-only part) is unchanged.
     torch.testing.assert_close(colour.mean(1), torch.zeros_like(colour[:, 0]), atol=1e-6,
                                rtol=0)
-    bound = 0.5 * 2.0 * visibility(x)[:, :1]
+    bound = 0.5 * 2.0 * chroma_visibility(x)[:, i : i + 1]
     assert (colour.abs() <= bound + 1e-6).all()
     assert colour.abs().amax() > 0.2 * bound.amax()  # it uses its budget
+    # Grey texture (the same lightness detail, no colour detail) gets no colour at all: on
+    # grey branches against a sky it would show as a coloured fringe.
+    grey = _photo() * 0.6 + 0.2
+    grey_colour = comp.apply(grey, params) - luma_only.apply(
+        grey, {k: v for k, v in params.items() if "_chroma" not in k})
+    assert grey_colour.abs().amax() < 1e-6
+    # The cap bounds the colour components too.
+    capped = compose(["texture"], {"texture": {f"chroma_{band}": 2.0, "cap": 2.0}})
+    capped_colour = capped.apply(x, params) - compose(["texture"], {"texture": {"cap": 2.0}}).apply(
+        x, {k: v for k, v in params.items() if "_chroma" not in k})
+    assert capped_colour.abs().amax() <= 0.5 * 2.0 / 255 + 1e-6
+    assert capped_colour.abs().amax() < colour.abs().amax()
     with pytest.raises(ConfigError, match="chroma"):
-        compose(["texture"], {"texture": {"chroma": 1.0, "channels": "rgb"}})
+        compose(["texture"], {"texture": {f"chroma_{band}": 1.0, "channels": "rgb"}})
+    with pytest.raises(ConfigError, match="chroma"):
+        compose(["texture"], {"texture": {f"chroma_{band}": 1.0, band: 0.0}})
 
 
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():

@@ -30,11 +30,11 @@ k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in fla
 blurred regions, a fraction of the original's own contrast in textured ones. With ``cap``,
 each map is at most ``cap / ratio_k``, so no band changes a pixel by more than ``cap``
 (0-255 units). The change is added to R, G and B alike (luminance only, hue kept) unless
-``channels="rgb"``. With ``chroma``, the fine band also gets two opponent-colour components
-(red-green, yellow-blue: no change along the grey axis), bounded the same way: the eye
-resolves colour more coarsely than lightness, so colour grain at the finest scale hides
-where lightness grain of the same size would not, and it averages out before it could read
-as a colour cast.
+``channels="rgb"``. With ``chroma_fine`` or ``chroma_mid``, that band also gets two
+opponent-colour components (red-green, yellow-blue: no change along the grey axis), bounded
+by the ratio times the original's own *colour* detail of the band (:func:`chroma_visibility`):
+colour hides among colour detail of its own scale, and shows as a coloured fringe on grey
+branches against a white sky however much lightness detail they have.
 """
 
 from __future__ import annotations
@@ -79,10 +79,9 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
+CHROMA_BANDS = ("fine", "mid")  # bands that may carry opponent-colour components
 # Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
 FLAT_START, FLAT_FULL = 3.0, 8.0
-
-CHROMA = "fine_chroma"  # the parameter of the fine band's opponent-colour components
 
 
 @cached_constant
@@ -177,6 +176,28 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
     return torch.cat(maps, 1).to(x.dtype)
 
 
+@torch.no_grad()
+def chroma_visibility(x: Tensor, density_scale: float = 3.0,
+                      bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
+                      flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255)) -> Tensor:
+    """Per-band amplitude of the original's own colour detail, in the units of the opponent
+    components the texture family adds (red minus green; the mean of red and green minus
+    blue): a colour change hides among colour detail of its own scale, not among lightness
+    detail (on grey branches against a white sky it shows as a coloured fringe). Pooled as in
+    :func:`visibility`, and 0 where the luminance is flat. (B, len(bands), H, W)."""
+    xf = x.float()
+    r, g, b = xf.unbind(1)
+    opponent = torch.stack([r - g, (r + g) / 2 - b], 1)
+    active = _activity(KC.rgb_to_grayscale(xf), *flat)
+    maps = []
+    for _, (s0, s1), _ in bands:
+        band = _blur(opponent, s0) - _blur(opponent, s1)
+        energy = (band * band).sum(1, keepdim=True)
+        amp = torch.minimum(_blur(energy, 2 * s1), _blur(energy, 2 * s1 * density_scale)).sqrt()
+        maps.append(amp * active)
+    return torch.cat(maps, 1).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class TextureConfig:
     """Bounds at full strength, as ratios of the original's own local band amplitude."""
@@ -185,9 +206,10 @@ class TextureConfig:
     mid: float = 8.0
     coarse: float = 8.0
     channels: Literal["luma", "rgb"] = "luma"
-    # Ratio of the fine band's two opponent-colour components (0: luminance only); "luma"
-    # channels only.
-    chroma: float = 0.0
+    # Ratios of the fine and mid bands' two opponent-colour components to the original's own
+    # colour detail of that band (0: luminance only); "luma" channels only.
+    chroma_fine: float = 0.0
+    chroma_mid: float = 0.0
     edge_power: float = 1.0
     density_scale: float = 3.0
     flat_start: float = FLAT_START  # local 7x7 luminance std (/255): see FLAT_START
@@ -209,8 +231,8 @@ class TextureConfig:
     lowcut: float = 0.0
     # Largest change (/255) any one band may make at a pixel (0: off). The ratios scale with
     # the original's band amplitude, so a high-contrast pattern (a dalmatian's spots, tile
-    # motifs) would allow changes large enough to reshape its elements. The fine band's capped
-    # map also bounds chroma.
+    # motifs) would allow changes large enough to reshape its elements. Each band's colour
+    # components are capped alike.
     cap: float = 0.0
 
 
@@ -232,10 +254,12 @@ class TextureFamily(Family):
             raise ConfigError("texture needs 0 <= flat_start <= flat_full")
         if self.config.detail_sigma < 0:
             raise ConfigError("texture detail_sigma must be >= 0 (0: plain luminance std)")
-        if self.config.chroma < 0 or (self.config.chroma > 0 and (
-                self.config.channels != "luma" or self.config.fine <= 0)):
-            raise ConfigError("texture chroma must be >= 0, and needs channels 'luma' and the "
-                              "fine band")
+        for band in CHROMA_BANDS:
+            ratio = getattr(self.config, f"chroma_{band}")
+            if ratio < 0 or (ratio > 0 and (self.config.channels != "luma"
+                                            or getattr(self.config, band) <= 0)):
+                raise ConfigError(f"texture chroma_{band} must be >= 0, and needs channels "
+                                  f"'luma' and the {band} band")
         if self.config.cap < 0:
             raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
         if self.config.lowcut < 0:
@@ -253,17 +277,24 @@ class TextureFamily(Family):
     def _grid_bound(self, ratio: float) -> float:
         return ratio / 2 if self.config.highpass > 0 else ratio
 
+    def _chroma(self) -> dict[str, float]:
+        """Opponent-colour ratio of each band that has one (parameter ``<band>_chroma``)."""
+        ratios = {band: getattr(self.config, f"chroma_{band}") for band in CHROMA_BANDS}
+        return {band: r for band, r in ratios.items() if r > 0}
+
     def _ratio(self, name: str) -> float:
-        return self.config.chroma if name == CHROMA else getattr(self.config, name)
+        if name.endswith("_chroma"):
+            return self._chroma()[name.removesuffix("_chroma")]
+        return getattr(self.config, name)
 
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         c = 1 if self.config.channels == "luma" else 3
         specs = {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
                                  self._grid_bound(ratio))
                  for _, name, stride, ratio in self._bands()}
-        if self.config.chroma > 0:
-            fine = specs["fine"].shape
-            specs[CHROMA] = ParamSpec((2, *fine[1:]), self._grid_bound(self.config.chroma))
+        for band, ratio in self._chroma().items():
+            specs[f"{band}_chroma"] = ParamSpec((2, *specs[band].shape[1:]),
+                                                self._grid_bound(ratio))
         return specs
 
     def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
@@ -283,12 +314,21 @@ class TextureFamily(Family):
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
             vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
+        out = {"visibility": vis}
+        chroma = self._chroma()
+        if chroma:  # one map per band switched on, like vis; those without colour go unused
+            cvis = chroma_visibility(x, c.density_scale, on, flat)
+            if c.cap > 0:
+                caps = [c.cap / 255 / chroma.get(name, math.inf) for _, name, _, _ in self._bands()]
+                cvis = torch.minimum(cvis, torch.tensor(caps, device=cvis.device,
+                                                        dtype=cvis.dtype).view(1, -1, 1, 1))
+            out["chroma_visibility"] = cvis
         if c.lowcut <= 0:
-            return {"visibility": vis}
+            return out
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
         # where the bands may change the most, none to pixels they may not change at all.
         bound = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
-        return {"visibility": vis, "lowcut_weight": bound,
+        return {**out, "lowcut_weight": bound,
                 "lowcut_norm": blur_field(bound, c.lowcut).clamp_min(1e-6)}
 
     def apply(
@@ -306,8 +346,11 @@ class TextureFamily(Family):
         if delta is not None and "lowcut_weight" in prepared:
             local_mean = blur_field(delta, self.config.lowcut) / prepared["lowcut_norm"]
             delta = delta - prepared["lowcut_weight"] * local_mean
-        if CHROMA in params:  # the fine band's map is the first
-            opponent = self._field(params[CHROMA], h, w) * vis[:, :1]
+        for i, name, _, _ in self._bands():
+            if f"{name}_chroma" not in params:
+                continue
+            cvis = prepared["chroma_visibility"][:, i : i + 1]
+            opponent = self._field(params[f"{name}_chroma"], h, w) * cvis
             basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
             colour = torch.einsum("kc,bchw->bkhw", basis, opponent)
             delta = colour if delta is None else delta + colour
