@@ -580,7 +580,9 @@ def _coloured_photo(size: int = 96) -> torch.Tensor:
 
 @pytest.mark.parametrize("band", ["fine", "mid"])
 def test_texture_chroma_is_off_the_grey_axis_and_bounded_by_colour_detail(band):
-    from unrestrict.perturb.texture import chroma_visibility
+    import kornia.color as KC
+
+    from unrestrict.perturb.texture import chroma_visibility, opponent
 
     i = ("fine", "mid").index(band)
     luma_only = compose(["texture"])
@@ -591,12 +593,14 @@ def test_texture_chroma_is_off_the_grey_axis_and_bounded_by_colour_detail(band):
     y = comp.apply(x, params)
     base = luma_only.apply(x, {k: v for k, v in params.items() if "_chroma" not in k})
     colour = y - base  # what the chroma components add
-    # Off the grey axis: the channels' mean (the luminance-only part) is unchanged.
-    torch.testing.assert_close(colour.mean(1), torch.zeros_like(colour[:, 0]), atol=1e-6,
-                               rtol=0)
+    # Colour only: the luminance (as the naturalness measures read it) is unchanged.
+    torch.testing.assert_close(KC.rgb_to_grayscale(colour), torch.zeros_like(colour[:, :1]),
+                               atol=1e-6, rtol=0)
+    # Each opponent component within ratio x level x the original's colour detail.
     bound = 0.5 * 2.0 * chroma_visibility(x)[:, i : i + 1]
-    assert (colour.abs() <= bound + 1e-6).all()
-    assert colour.abs().amax() > 0.2 * bound.amax()  # it uses its budget
+    components = opponent(colour)
+    assert (components.abs() <= bound + 1e-6).all()
+    assert components.abs().amax() > 0.2 * bound.amax()  # it uses its budget
     # Grey texture (the same lightness detail, no colour detail) gets no colour at all: on
     # grey branches against a sky it would show as a coloured fringe.
     grey = _photo() * 0.6 + 0.2
@@ -607,7 +611,7 @@ def test_texture_chroma_is_off_the_grey_axis_and_bounded_by_colour_detail(band):
     capped = compose(["texture"], {"texture": {f"chroma_{band}": 2.0, "cap": 2.0}})
     capped_colour = capped.apply(x, params) - compose(["texture"], {"texture": {"cap": 2.0}}).apply(
         x, {k: v for k, v in params.items() if "_chroma" not in k})
-    assert capped_colour.abs().amax() <= 0.5 * 2.0 / 255 + 1e-6
+    assert opponent(capped_colour).abs().amax() <= 0.5 * 2.0 / 255 + 1e-6
     assert capped_colour.abs().amax() < colour.abs().amax()
     with pytest.raises(ConfigError, match="chroma"):
         compose(["texture"], {"texture": {f"chroma_{band}": 1.0, "channels": "rgb"}})

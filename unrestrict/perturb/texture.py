@@ -31,7 +31,7 @@ blurred regions, a fraction of the original's own contrast in textured ones. Wit
 each map is at most ``cap / ratio_k``, so no band changes a pixel by more than ``cap``
 (0-255 units). The change is added to R, G and B alike (luminance only, hue kept) unless
 ``channels="rgb"``. With ``chroma_fine`` or ``chroma_mid``, that band also gets two
-opponent-colour components (red-green, yellow-blue: no change along the grey axis), bounded
+opponent-colour components (red-green, yellow-blue, with the luminance unchanged), bounded
 by the ratio times the original's own *colour* detail of the band (:func:`chroma_visibility`):
 colour hides among colour detail of its own scale, and shows as a coloured fringe on grey
 branches against a white sky however much lightness detail they have.
@@ -61,7 +61,8 @@ from .base import (
     upsample_field,
 )
 
-__all__ = ["TextureFamily", "TextureConfig", "visibility", "BANDS"]
+__all__ = ["TextureFamily", "TextureConfig", "visibility", "chroma_visibility", "opponent",
+           "BANDS"]
 
 # (name, DoG sigmas of the band in pixels, parameter stride)
 BANDS: tuple[tuple[str, tuple[float, float], int], ...] = (
@@ -79,6 +80,7 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 
 
 UPSAMPLE = "bspline"
+LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, as kornia's rgb_to_grayscale
 CHROMA_BANDS = ("fine", "mid")  # bands that may carry opponent-colour components
 # Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
 FLAT_START, FLAT_FULL = 3.0, 8.0
@@ -86,10 +88,18 @@ FLAT_START, FLAT_FULL = 3.0, 8.0
 
 @cached_constant
 def _opponent_basis(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(3, 2): RGB change per unit of the red-green and yellow-blue components. Both are
-    orthogonal to grey (1, 1, 1), and no channel moves by more than one unit."""
-    return torch.tensor([[0.5, 1 / 3], [-0.5, 1 / 3], [0.0, -2 / 3]], device=device,
-                        dtype=dtype)
+    """(3, 2): the RGB change that moves one opponent component (:func:`opponent`) by one
+    unit, the other by none, and the luminance (Rec. 601, as ``rgb_to_grayscale``) by none:
+    colour only, measured in the units of :func:`chroma_visibility`'s maps."""
+    to_opponent = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0], LUMA], dtype=torch.float64)
+    return torch.linalg.inv(to_opponent)[:, :2].to(device, dtype)
+
+
+def opponent(x: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB -> (B, 2, H, W) red minus green, and the mean of red and green minus
+    blue."""
+    r, g, b = x.unbind(1)
+    return torch.stack([r - g, (r + g) / 2 - b], 1)
 
 
 def _local_std(t: Tensor) -> Tensor:
@@ -181,17 +191,16 @@ def chroma_visibility(x: Tensor, density_scale: float = 3.0,
                       bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                       flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255)) -> Tensor:
     """Per-band amplitude of the original's own colour detail, in the units of the opponent
-    components the texture family adds (red minus green; the mean of red and green minus
-    blue): a colour change hides among colour detail of its own scale, not among lightness
-    detail (on grey branches against a white sky it shows as a coloured fringe). Pooled as in
-    :func:`visibility`, and 0 where the luminance is flat. (B, len(bands), H, W)."""
+    components the texture family adds (:func:`opponent`): a colour change hides among colour
+    detail of its own scale, not among lightness detail (on grey branches against a white
+    sky it shows as a coloured fringe). Pooled as in :func:`visibility`, and 0 where the
+    luminance is flat. (B, len(bands), H, W)."""
     xf = x.float()
-    r, g, b = xf.unbind(1)
-    opponent = torch.stack([r - g, (r + g) / 2 - b], 1)
+    colour = opponent(xf)
     active = _activity(KC.rgb_to_grayscale(xf), *flat)
     maps = []
     for _, (s0, s1), _ in bands:
-        band = _blur(opponent, s0) - _blur(opponent, s1)
+        band = _blur(colour, s0) - _blur(colour, s1)
         energy = (band * band).sum(1, keepdim=True)
         amp = torch.minimum(_blur(energy, 2 * s1), _blur(energy, 2 * s1 * density_scale)).sqrt()
         maps.append(amp * active)
@@ -350,9 +359,9 @@ class TextureFamily(Family):
             if f"{name}_chroma" not in params:
                 continue
             cvis = prepared["chroma_visibility"][:, i : i + 1]
-            opponent = self._field(params[f"{name}_chroma"], h, w) * cvis
+            components = self._field(params[f"{name}_chroma"], h, w) * cvis
             basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
-            colour = torch.einsum("kc,bchw->bkhw", basis, opponent)
+            colour = torch.einsum("kc,bchw->bkhw", basis, components)
             delta = colour if delta is None else delta + colour
         return x if delta is None else clamp_unit(x + delta)
 
