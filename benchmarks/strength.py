@@ -103,6 +103,10 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 16, colour-masked chroma 6.4/16": [
         "--set", "texture.cap=16", "--set", "texture.chroma_fine=6.4",
         "--set", "texture.chroma_mid=16"],
+    "natural, mid+coarse x1.5, 6 stages, colour-masked chroma 3.2/8": [
+        "--set", f"texture.mid={TextureConfig().mid * 1.5}",
+        "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6",
+        "--set", "texture.chroma_fine=3.2", "--set", "texture.chroma_mid=8"],
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
@@ -190,6 +194,8 @@ DESCRIPTION = {
                                             "(fine 6.4, mid 16)",
     "natural, cap 16, colour-masked chroma 6.4/16": "texture cap 16/255 (on colour too) with "
                                                     "colour-masked opponent colour 6.4/16",
+    "natural, mid+coarse x1.5, 6 stages, colour-masked chroma 3.2/8": "the strong preset with "
+        "colour-masked opponent colour in the fine (3.2) and mid (8) bands",
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
