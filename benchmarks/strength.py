@@ -103,7 +103,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 16, colour-masked chroma 6.4/16": [
         "--set", "texture.cap=16", "--set", "texture.chroma_fine=6.4",
         "--set", "texture.chroma_mid=16"],
-    "natural, total cap 24": ["--set", "texture.cap_total=24"],
     "natural, mid+coarse x1.5, 6 stages, colour-masked chroma 3.2/8": [
         "--set", f"texture.mid={TextureConfig().mid * 1.5}",
         "--set", f"texture.coarse={TextureConfig().coarse * 1.5}", "--stages", "6",
@@ -195,8 +194,6 @@ DESCRIPTION = {
                                             "(fine 6.4, mid 16)",
     "natural, cap 16, colour-masked chroma 6.4/16": "texture cap 16/255 (on colour too) with "
                                                     "colour-masked opponent colour 6.4/16",
-    "natural, total cap 24": "the default with the texture's luminance change at any pixel, "
-                             "all bands together, capped at 24/255",
     "natural, mid+coarse x1.5, 6 stages, colour-masked chroma 3.2/8": "the strong preset with "
         "colour-masked opponent colour in the fine (3.2) and mid (8) bands",
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "

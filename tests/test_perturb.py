@@ -707,34 +707,6 @@ def test_texture_cap_bounds_each_band_in_absolute_terms():
         compose(["texture"], {"texture": {"cap": "-1"}})
 
 
-def test_texture_total_cap_bounds_the_bands_together_and_keeps_their_proportions():
-    x = _photo() * 0.6 + 0.2
-    free = compose(["texture"])
-    capped = compose(["texture"], {"texture": {"cap_total": 6.0}})
-    params = _rand_params(free, x, 1.0)
-    cfg = free.families[0].config
-    ratios = torch.tensor([cfg.fine, cfg.mid, cfg.coarse]).view(1, 3, 1, 1)
-    def maps_of(comp, image):
-        return comp.families[0].prepare(image)["visibility"]
-
-    vis, maps = maps_of(free, x), maps_of(capped, x)
-    assert (ratios * vis).sum(1).amax() > 3 * 6.0 / 255  # the total cap binds
-    assert (ratios * maps).sum(1).amax() <= 6.0 / 255 + 1e-7
-    delta = capped.apply(x, params) - x
-    assert delta.abs().amax() <= 6.0 / 255 + 1e-6  # all bands together within the cap
-    # Every band at a pixel shrinks by the same factor (map_k / vis_k equal for all k,
-    # cross-multiplied so that bands with no map there compare too).
-    for k in (1, 2):
-        torch.testing.assert_close(maps[:, 0] * vis[:, k], maps[:, k] * vis[:, 0])
-    assert (maps < vis - 1e-6).any()
-    # Faint texture, under the cap: maps unchanged.
-    faint = x * 0.02 + 0.45
-    assert (ratios * maps_of(free, faint)).sum(1).amax() < 6.0 / 255
-    torch.testing.assert_close(maps_of(capped, faint), maps_of(free, faint), rtol=0, atol=0)
-    with pytest.raises(ConfigError, match="cap_total"):
-        compose(["texture"], {"texture": {"cap_total": "-1"}})
-
-
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose

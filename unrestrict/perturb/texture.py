@@ -243,10 +243,6 @@ class TextureConfig:
     # motifs) would allow changes large enough to reshape its elements. Each band's colour
     # components are capped alike.
     cap: float = 0.0
-    # Largest luminance change (/255) all bands together may make at a pixel (0: off): where
-    # the bands' bounds add up to more, every map there shrinks in proportion. The per-band
-    # cap still allows three times its value, enough to move a silhouette against the sky.
-    cap_total: float = 0.0
 
 
 @register_family
@@ -273,9 +269,8 @@ class TextureFamily(Family):
                                             or getattr(self.config, band) <= 0)):
                 raise ConfigError(f"texture chroma_{band} must be >= 0, and needs channels "
                                   f"'luma' and the {band} band")
-        if self.config.cap < 0 or self.config.cap_total < 0:
-            raise ConfigError("texture cap and cap_total must be >= 0 (a change in 0-255 "
-                              "units; 0: off)")
+        if self.config.cap < 0:
+            raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
         if self.config.lowcut < 0:
             raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
@@ -328,9 +323,6 @@ class TextureFamily(Family):
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
             vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
-        if c.cap_total > 0:
-            total = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
-            vis = vis * (c.cap_total / 255 / total.clamp_min(1e-12)).clamp(max=1)
         out = {"visibility": vis}
         chroma = self._chroma()
         if chroma:  # one map per band switched on, like vis; those without colour go unused
