@@ -146,6 +146,17 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
     return (diff / trace.clamp_min(1e-10)).clamp(0, 1) ** 2
 
 
+def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
+                    density_scale: float) -> Tensor:
+    """Local RMS of ``signal``'s band (difference of Gaussians), its channels' energies
+    summed, pooled at two scales and the smaller kept: texture fills both windows, an
+    isolated edge only the small one. (B, 1, H, W)."""
+    s0, s1 = sigmas
+    band = _blur(signal, s0) - _blur(signal, s1)
+    energy = (band * band).sum(1, keepdim=True)
+    return torch.minimum(_blur(energy, 2 * s1), _blur(energy, 2 * s1 * density_scale)).sqrt()
+
+
 @torch.no_grad()
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
@@ -173,11 +184,7 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
     active = _activity(luma, *flat, detail_sigma)
     maps = []
     for _, (s0, s1), _ in bands:
-        band = _blur(luma, s0) - _blur(luma, s1)
-        energy = band * band
-        local = _blur(energy, 2 * s1).sqrt()
-        wide = _blur(energy, 2 * s1 * density_scale).sqrt()
-        amp = torch.minimum(local, wide)
+        amp = _band_amplitude(luma, (s0, s1), density_scale)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
         if range_margin > 0:
@@ -192,18 +199,12 @@ def chroma_visibility(x: Tensor, density_scale: float = 3.0,
                       flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255)) -> Tensor:
     """Per-band amplitude of the original's own colour detail, in the units of the opponent
     components the texture family adds (:func:`opponent`): a colour change hides among colour
-    detail of its own scale, not among lightness detail (on grey branches against a white
-    sky it shows as a coloured fringe). Pooled as in :func:`visibility`, and 0 where the
-    luminance is flat. (B, len(bands), H, W)."""
+    detail of its own scale, not among lightness detail. Pooled as in :func:`visibility`,
+    and 0 where the luminance is flat. (B, len(bands), H, W)."""
     xf = x.float()
     colour = opponent(xf)
     active = _activity(KC.rgb_to_grayscale(xf), *flat)
-    maps = []
-    for _, (s0, s1), _ in bands:
-        band = _blur(colour, s0) - _blur(colour, s1)
-        energy = (band * band).sum(1, keepdim=True)
-        amp = torch.minimum(_blur(energy, 2 * s1), _blur(energy, 2 * s1 * density_scale)).sqrt()
-        maps.append(amp * active)
+    maps = [_band_amplitude(colour, sigmas, density_scale) * active for _, sigmas, _ in bands]
     return torch.cat(maps, 1).to(x.dtype)
 
 
@@ -325,12 +326,13 @@ class TextureFamily(Family):
             vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
         out = {"visibility": vis}
         chroma = self._chroma()
-        if chroma:  # one map per band switched on, like vis; those without colour go unused
-            cvis = chroma_visibility(x, c.density_scale, on, flat)
+        if chroma:  # one map per band with colour, in the order of _chroma()
+            cvis = chroma_visibility(x, c.density_scale,
+                                     tuple(b for b in BANDS if b[0] in chroma), flat)
             if c.cap > 0:
-                caps = [c.cap / 255 / chroma.get(name, math.inf) for _, name, _, _ in self._bands()]
-                cvis = torch.minimum(cvis, torch.tensor(caps, device=cvis.device,
-                                                        dtype=cvis.dtype).view(1, -1, 1, 1))
+                ratios = torch.tensor(list(chroma.values()), device=cvis.device,
+                                      dtype=cvis.dtype)
+                cvis = torch.minimum(cvis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
             out["chroma_visibility"] = cvis
         if c.lowcut <= 0:
             return out
@@ -355,12 +357,10 @@ class TextureFamily(Family):
         if delta is not None and "lowcut_weight" in prepared:
             local_mean = blur_field(delta, self.config.lowcut) / prepared["lowcut_norm"]
             delta = delta - prepared["lowcut_weight"] * local_mean
-        for i, name, _, _ in self._bands():
-            if f"{name}_chroma" not in params:
-                continue
-            cvis = prepared["chroma_visibility"][:, i : i + 1]
+        basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
+        for j, name in enumerate(self._chroma()):
+            cvis = prepared["chroma_visibility"][:, j : j + 1]
             components = self._field(params[f"{name}_chroma"], h, w) * cvis
-            basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
             colour = torch.einsum("kc,bchw->bkhw", basis, components)
             delta = colour if delta is None else delta + colour
         return x if delta is None else clamp_unit(x + delta)
