@@ -75,6 +75,12 @@ OLD_GRADE = {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.
              "gamma": 0.08, "curve": 0.15, "channel_curve": 0.0}
 
 
+def _gain(gain: float) -> list[str]:
+    """Every texture band's local gain of the original's own band set to ``gain``."""
+    return [a for band in ("fine", "mid", "coarse")
+            for a in ("--set", f"texture.gain_{band}={gain}")]
+
+
 def _grade_budget(scale: float) -> list[str]:
     """The old global grade's bounds (:data:`OLD_GRADE`) times ``scale``: the rows keep their
     meaning whatever the default."""
@@ -127,6 +133,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 16": ["--set", "texture.cap=16"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
+    "natural, gain 1": [*_gain(1.0)],
+    "natural, cap 16, gain 0.5": ["--set", "texture.cap=16", *_gain(0.5)],
+    "natural, cap 16, gain 1": ["--set", "texture.cap=16", *_gain(1.0)],
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
@@ -230,6 +239,12 @@ DESCRIPTION = {
     "natural, cap 4": "the default with each texture band's change capped at 4/255",
     "natural, cap 12": "the default with each texture band's change capped at 12/255",
     "natural, cap 16": "the default with each texture band's change capped at 16/255",
+    "natural, gain 1": "the default plus a local gain of up to +-1 of the original's own fine, "
+                       "mid and coarse bands (changes their contrast, not their edges' place)",
+    "natural, cap 16, gain 0.5": "texture cap 16/255 plus a local gain of up to +-0.5 of the "
+                                 "original's own bands",
+    "natural, cap 16, gain 1": "texture cap 16/255 plus a local gain of up to +-1 of the "
+                               "original's own bands",
     "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",

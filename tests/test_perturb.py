@@ -619,6 +619,38 @@ def test_texture_chroma_keeps_luminance_and_is_bounded_by_colour_detail(band):
         compose(["texture"], {"texture": {f"chroma_{band}": 1.0, band: 0.0}})
 
 
+def test_texture_gain_scales_the_originals_band_and_keeps_its_edges_in_place():
+    import kornia.color as KC
+
+    from unrestrict.perturb.base import upsample_field
+    from unrestrict.perturb.texture import _activity, _blur, _range_position
+
+    x = _photo() * 0.6 + 0.2  # away from 0 and 1: no clamping
+    comp = compose(["texture"], {"texture": {"fine": 0.0, "mid": 0.0, "coarse": 0.0,
+                                             "gain_mid": 0.8}})
+    params = _rand_params(comp, x, 0.5)
+    assert set(params) == {"texture.mid_gain"}
+    delta = comp.apply(x, params) - x
+    luma = KC.rgb_to_grayscale(x)
+    band = (_blur(luma, 2.0) - _blur(luma, 4.0)) * _activity(luma, 3 / 255, 8 / 255) \
+        * _range_position(luma, 9, 0.2)
+    # At most gain x level of the original's own band, pixel by pixel: zero where the band
+    # crosses zero (where its edges lie), on flats and on plateaus at the local extremes
+    # (the flat sides of an edge: no halo); hue kept.
+    assert (delta.abs() <= 0.5 * 0.8 * band.abs() + 1e-6).all()
+    assert delta.abs().amax() > 0.2 * (0.5 * 0.8 * band.abs()).amax()  # it uses its budget
+    torch.testing.assert_close(delta[:, 0], delta[:, 2], atol=1e-6, rtol=0)
+    # The flat grey between texture and edge, and a step edge, whose every pixel lies on one
+    # of its two plateaus: the band rings into both, the change does not (no halo).
+    assert band[..., 62:82].abs().amax() == 0 and delta[..., 56:].abs().amax() < 1e-6
+    ungated = (_blur(luma, 2.0) - _blur(luma, 4.0)) * _activity(luma, 3 / 255, 8 / 255)
+    assert ungated[..., 66:78].abs().amax() > 0.02
+    gain = upsample_field(params["texture.mid_gain"], *x.shape[-2:], "bspline")
+    torch.testing.assert_close(delta, (gain * band).expand_as(delta), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="gain_fine"):
+        compose(["texture"], {"texture": {"gain_fine": -1.0}})
+
+
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():
     from unrestrict.perturb.texture import visibility
 

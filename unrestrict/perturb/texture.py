@@ -244,6 +244,13 @@ class TextureConfig:
     # motifs) would allow changes large enough to reshape its elements. Each band's colour
     # components are capped alike.
     cap: float = 0.0
+    # Largest local gain of the original's own band of luminance (0: off): the change
+    # gain(x) * band(x), with the gain a smooth field on the band's grid. It is zero wherever
+    # the band crosses zero, where its edges lie, so it changes their contrast, not their
+    # place (a local clarity or softening edit), however strong the edge.
+    gain_fine: float = 0.0
+    gain_mid: float = 0.0
+    gain_coarse: float = 0.0
 
 
 @register_family
@@ -270,6 +277,9 @@ class TextureFamily(Family):
                                             or getattr(self.config, band) <= 0)):
                 raise ConfigError(f"texture chroma_{band} must be >= 0, and needs channels "
                                   f"'luma' and the {band} band")
+        for band, *_ in BANDS:
+            if getattr(self.config, f"gain_{band}") < 0:
+                raise ConfigError(f"texture gain_{band} must be >= 0 (0: off)")
         if self.config.cap < 0:
             raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
         if self.config.lowcut < 0:
@@ -292,7 +302,15 @@ class TextureFamily(Family):
         ratios = {band: getattr(self.config, f"chroma_{band}") for band in CHROMA_BANDS}
         return {band: r for band, r in ratios.items() if r > 0}
 
+    def _gains(self) -> dict[str, tuple[float, tuple[float, float], int]]:
+        """(gain bound, DoG sigmas, stride) of each band with a gain (parameter
+        ``<band>_gain``)."""
+        return {name: (getattr(self.config, f"gain_{name}"), sigmas, stride)
+                for name, sigmas, stride in BANDS if getattr(self.config, f"gain_{name}") > 0}
+
     def _ratio(self, name: str) -> float:
+        if name.endswith("_gain"):
+            return self._gains()[name.removesuffix("_gain")][0]
         if name.endswith("_chroma"):
             return self._chroma()[name.removesuffix("_chroma")]
         return getattr(self.config, name)
@@ -305,6 +323,9 @@ class TextureFamily(Family):
         for band, ratio in self._chroma().items():
             specs[f"{band}_chroma"] = ParamSpec((2, *specs[band].shape[1:]),
                                                 self._grid_bound(ratio))
+        for band, (gain, _, stride) in self._gains().items():
+            specs[f"{band}_gain"] = ParamSpec((1, -(-height // stride) + 1,
+                                               -(-width // stride) + 1), gain)
         return specs
 
     def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
@@ -318,8 +339,8 @@ class TextureFamily(Family):
         on = tuple(b for b in BANDS if getattr(self.config, b[0]) > 0)
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
-        vis = visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
-                         c.detail_sigma)
+        vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
+                          c.detail_sigma) if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
@@ -334,6 +355,17 @@ class TextureFamily(Family):
                                       dtype=cvis.dtype)
                 cvis = torch.minimum(cvis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
             out["chroma_visibility"] = cvis
+        gains = self._gains()
+        if gains:  # the original's signed bands, 0 where the luminance is flat
+            luma = KC.rgb_to_grayscale(x.float())
+            active = _activity(luma, *flat, c.detail_sigma)
+            bands = []
+            for _, (s0, s1), _ in gains.values():
+                band = (_blur(luma, s0) - _blur(luma, s1)) * active
+                if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
+                    band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
+                bands.append(band)
+            out["bands"] = torch.cat(bands, 1).to(x.dtype)
         if c.lowcut <= 0:
             return out
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
@@ -357,6 +389,10 @@ class TextureFamily(Family):
         if delta is not None and "lowcut_weight" in prepared:
             local_mean = blur_field(delta, self.config.lowcut) / prepared["lowcut_norm"]
             delta = delta - prepared["lowcut_weight"] * local_mean
+        for j, name in enumerate(self._gains()):  # not high-passed: a slow gain is an edit
+            term = upsample_field(params[f"{name}_gain"], h, w, UPSAMPLE) \
+                * prepared["bands"][:, j : j + 1]
+            delta = term if delta is None else delta + term
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
         for j, name in enumerate(self._chroma()):
             cvis = prepared["chroma_visibility"][:, j : j + 1]
@@ -370,5 +406,6 @@ class TextureFamily(Family):
 
     def _specs_like(self, params: Mapping[str, Tensor]) -> dict[str, ParamSpec]:
         # Bounds do not depend on the size; shapes are read off the parameters themselves.
-        return {k: ParamSpec(tuple(p.shape[1:]), self._grid_bound(self._ratio(k)))
+        return {k: ParamSpec(tuple(p.shape[1:]), self._ratio(k) if k.endswith("_gain")
+                             else self._grid_bound(self._ratio(k)))
                 for k, p in params.items()}
