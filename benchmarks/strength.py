@@ -133,6 +133,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 16": ["--set", "texture.cap=16"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
+    "natural, gain 0.5": [*_gain(0.5)],
     "natural, gain 1": [*_gain(1.0)],
     "natural, cap 16, gain 0.5": ["--set", "texture.cap=16", *_gain(0.5)],
     "natural, cap 16, gain 1": ["--set", "texture.cap=16", *_gain(1.0)],
@@ -239,6 +240,8 @@ DESCRIPTION = {
     "natural, cap 4": "the default with each texture band's change capped at 4/255",
     "natural, cap 12": "the default with each texture band's change capped at 12/255",
     "natural, cap 16": "the default with each texture band's change capped at 16/255",
+    "natural, gain 0.5": "the default plus a local gain of up to +-0.5 of the original's own "
+                         "bands",
     "natural, gain 1": "the default plus a local gain of up to +-1 of the original's own fine, "
                        "mid and coarse bands (changes their contrast, not their edges' place)",
     "natural, cap 16, gain 0.5": "texture cap 16/255 plus a local gain of up to +-0.5 of the "
