@@ -171,6 +171,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, feature loss, depth 0.75": ["--feature-weight", "10", "--feature-depth", "0.75"],
     "natural + style": ["--family", "texture,style,color"],
     "natural + geometry": ["--family", "texture,geometry,color"],
+    "natural + light 0.05": ["--family", "texture,style,color", "--set", "style.matrix=0",
+                             "--set", "style.offset=0", "--set", "style.detail=0",
+                             "--set", "style.exposure=0.05"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -280,6 +283,8 @@ DESCRIPTION = {
     "natural + style": "the default plus the style family (spatial colour fields, dodge and "
                        "burn, detail blend)",
     "natural + geometry": "the default plus the geometry family",
+    "natural + light 0.05": "the default plus the style family's dodge and burn alone, "
+                            "exposure within +-5%",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
