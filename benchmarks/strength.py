@@ -137,6 +137,12 @@ CONFIGS: dict[str, list[str]] = {
     "natural, gain 1": [*_gain(1.0)],
     "natural, cap 16, gain 0.5": ["--set", "texture.cap=16", *_gain(0.5)],
     "natural, cap 16, gain 1": ["--set", "texture.cap=16", *_gain(1.0)],
+    "natural, mid+coarse as gain 1": ["--set", "texture.mid=0", "--set", "texture.coarse=0",
+                                      "--set", "texture.gain_mid=1",
+                                      "--set", "texture.gain_coarse=1"],
+    "natural, mid+coarse as gain 1.5": ["--set", "texture.mid=0", "--set", "texture.coarse=0",
+                                        "--set", "texture.gain_mid=1.5",
+                                        "--set", "texture.gain_coarse=1.5"],
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
@@ -251,6 +257,10 @@ DESCRIPTION = {
                                  "original's own bands",
     "natural, cap 16, gain 1": "texture cap 16/255 plus a local gain of up to +-1 of the "
                                "original's own bands",
+    "natural, mid+coarse as gain 1": "the fine band's additive change as in the default; the "
+                                     "mid and coarse bands only as a local gain of up to +-1 of "
+                                     "the original's own band (from removing it to doubling it)",
+    "natural, mid+coarse as gain 1.5": "as `natural, mid+coarse as gain 1`, gains within +-1.5",
     "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
