@@ -167,7 +167,6 @@ CONFIGS: dict[str, list[str]] = {
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
     "natural, 2 copies": ["--copies", "2"],
-    "natural, rms steps": ["--step-rule", "rms"],
     "natural, 40 steps": ["--steps", "40"],
     "natural, 2 copies di+scale": ["--copies", "2", "--augment", "di,scale"],
     "natural, 2 copies di+blocks": ["--copies", "2", "--augment", "di,blocks"],
@@ -294,8 +293,6 @@ DESCRIPTION = {
     "natural + style": "the default plus the style family (spatial colour fields, dodge and "
                        "burn, detail blend)",
     "natural + geometry": "the default plus the geometry family",
-    "natural, rms steps": "the default with steps that follow the momentum over its RMS, "
-                          "not its sign",
     "natural + light 0.05": "the default plus the style family's dodge and burn alone, "
                             "exposure within +-5%",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "

@@ -86,23 +86,6 @@ def ce_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
 LOSSES: dict[str, Callable[..., Tensor]] = {"margin": margin_loss, "ce": ce_loss}
 
 
-def sign_direction(v: Tensor) -> Tensor:
-    """MI-FGSM: every parameter moves a full step, whatever its share of the gradient."""
-    return v.sign()
-
-
-def rms_direction(v: Tensor) -> Tensor:
-    """The momentum over its RMS per image, clipped to +-2: parameters with a larger share of
-    the gradient move further, so fewer end pinned at their bound (a binary pattern)."""
-    rms = torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1) * v[0].numel() ** -0.5
-    return (v / rms.clamp_min(1e-12).view(-1, *([1] * (v.ndim - 1)))).clamp_(-2, 2)
-
-
-StepRule = Literal["sign", "rms"]
-# How a step turns the momentum into a move, in units of the step size.
-STEP_RULES: dict[str, Callable[[Tensor], Tensor]] = {"sign": sign_direction, "rms": rms_direction}
-
-
 @dataclass(frozen=True)
 class AttackConfig:
     """Everything that decides what the attack computes (not where or how fast)."""
@@ -117,10 +100,6 @@ class AttackConfig:
     step_size: float | None = setting(None, "Step as a fraction of each parameter's current "
                                              "bound (None: 2.5/steps).")
     momentum: float = setting(1.0, "MI-FGSM momentum (decay).")
-    step_rule: StepRule = setting("sign", "How a step follows the momentum: its sign, or the "
-                                          "momentum over its RMS per image (clipped at 2).",
-                                  {"sign": "every parameter moves a full step (MI-FGSM)",
-                                   "rms": "parameters with more of the gradient move further"})
     loss: LossName = setting("margin", "Loss on the ensemble's averaged logits.", LOSSES)
     kappa: float = setting(50.0, "Cap on the loss: past it, the gradient goes to images that "
                                   "still need it.")
@@ -178,7 +157,6 @@ class AttackConfig:
             (0 < self.sgm_gamma <= 1, "sgm_gamma must be in (0, 1]"),
             (self.relu_width >= 0, "relu_width must be >= 0"),
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
-            (self.step_rule in STEP_RULES, f"step_rule must be one of {', '.join(STEP_RULES)}"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
@@ -390,7 +368,7 @@ class Attack:
         prepared: Mapping[str, Tensor] | None = None,
         guide: Mapping[str, Tensor] | None = None,
     ) -> None:
-        """One momentum step for the images ``idx``; parameters are updated in place.
+        """One momentum sign step for the images ``idx``; parameters are updated in place.
 
         ``generators``: one per image of the whole batch. ``prepared``:
         ``self.composite.prepare(x_work)`` for the whole batch, or ``None``; ``guide``:
@@ -417,7 +395,6 @@ class Attack:
         grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
         step = self.config.effective_step_size
         limits = self.composite.limits(sub, strength if run_all else strength[idx])
-        direction = STEP_RULES[self.config.step_rule]
         with torch.no_grad():
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 # Normalising per image and per tensor keeps one huge gradient (say the
@@ -432,7 +409,7 @@ class Attack:
                 if run_all and not whole:  # update copies; only the active rows are kept
                     p, v = p.clone(), v.clone()
                 v.mul_(self.config.momentum).addcdiv_(g, norm)
-                p.addcmul_(direction(v), limits[k] * step).clamp_(min=-limits[k], max=limits[k])
+                p.addcmul_(v.sign(), limits[k] * step).clamp_(min=-limits[k], max=limits[k])
                 if whole:
                     params[k] = p
                 elif run_all:
