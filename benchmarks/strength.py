@@ -120,6 +120,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, val margin 2": ["--val-margin", "2"],
     "natural, val margin 3": ["--val-margin", "3"],
     "natural, val margin 8": ["--val-margin", "8"],
+    "strong, val margin 3": ["--preset", "strong", "--val-margin", "3"],
     "natural, lowcut 8": ["--set", "texture.lowcut=8"],
     "natural, lowcut 8, mid+coarse x1.5, 6 stages": [
         "--set", "texture.lowcut=8", "--set", f"texture.mid={TextureConfig().mid * 1.5}",
@@ -293,6 +294,8 @@ DESCRIPTION = {
     "natural + style": "the default plus the style family (spatial colour fields, dodge and "
                        "burn, detail blend)",
     "natural + geometry": "the default plus the geometry family",
+    "strong, val margin 3": "the strong preset (mid and coarse bands up to 1.5x in two more "
+                            "stages) stopping at a validation margin of 3, not 5",
     "natural + light 0.05": "the default plus the style family's dodge and burn alone, "
                             "exposure within +-5%",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
