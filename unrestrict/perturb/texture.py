@@ -253,6 +253,11 @@ class TextureConfig:
     gain_coarse: float = 0.0
 
 
+def _grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """A band's parameter grid: one node per ``stride`` pixels, plus one past the far edge."""
+    return -(-height // stride) + 1, -(-width // stride) + 1
+
+
 @register_family
 class TextureFamily(Family):
     name = "texture"
@@ -317,15 +322,14 @@ class TextureFamily(Family):
 
     def param_specs(self, height: int, width: int) -> dict[str, ParamSpec]:
         c = 1 if self.config.channels == "luma" else 3
-        specs = {name: ParamSpec((c, -(-height // stride) + 1, -(-width // stride) + 1),
+        specs = {name: ParamSpec((c, *_grid_size(height, width, stride)),
                                  self._grid_bound(ratio))
                  for _, name, stride, ratio in self._bands()}
         for band, ratio in self._chroma().items():
             specs[f"{band}_chroma"] = ParamSpec((2, *specs[band].shape[1:]),
                                                 self._grid_bound(ratio))
         for band, (gain, _, stride) in self._gains().items():
-            specs[f"{band}_gain"] = ParamSpec((1, -(-height // stride) + 1,
-                                               -(-width // stride) + 1), gain)
+            specs[f"{band}_gain"] = ParamSpec((1, *_grid_size(height, width, stride)), gain)
         return specs
 
     def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
