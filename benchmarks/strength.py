@@ -115,6 +115,7 @@ CONFIGS: dict[str, list[str]] = {
         "--set", "texture.chroma_fine=3.2", "--set", "texture.chroma_mid=8"],
     "natural, texture x0.5, 40 steps": [*_texture_budget(0.5), "--steps", "40"],
     "natural, coarse x0.5": ["--set", f"texture.coarse={TextureConfig().coarse / 2}"],
+    "natural, mid x0.5": ["--set", f"texture.mid={TextureConfig().mid / 2}"],
     "natural, coarse off": ["--set", "texture.coarse=0"],
     "natural, cpu batch 1": ["--cpu-batch", "1"],
     "natural, val margin 2": ["--val-margin", "2"],
@@ -219,6 +220,8 @@ DESCRIPTION = {
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
+    "natural, mid x0.5": "the default with half the mid band's bound (the band that mottled a "
+                         "dog's forehead)",
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
     "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
                                "contrast exceeds 4/255, in full above 10/255 (default 3, 8)",
