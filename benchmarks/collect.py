@@ -244,6 +244,46 @@ def presets_table() -> str:
                       "same settings):\n", *out])
 
 
+# Points between looking untouched and fooling the held-out model, from every table on a
+# derived set (cross-arch): the dials tried so far, each at the commit its table names.
+FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "natural, mid x0.5",
+                 "natural, val margin 2", "natural, val margin 3", "natural",
+                 "natural, cap 16, gain 0.5", "strong, val margin 3",
+                 "natural, mid+coarse x1.5, 6 stages", "baseline")
+
+
+def frontier_table() -> str:
+    """The frontier rows of each derived set, fewest held-out successes first."""
+    out: list[str] = []
+    for stem in _derived_sets("cross-arch"):
+        main = RESULTS / f"{stem}.json"
+        found: dict[str, tuple[dict, dict]] = {}
+        for path in [main, *sorted(RESULTS.glob(f"{stem}-*.json"))]:  # the main table wins
+            doc = json.loads(path.read_text())
+            for r in doc["rows"]:
+                if r["config"] in FRONTIER_ROWS:
+                    found.setdefault(r["config"], (r, doc))
+        if not found:
+            continue
+        meta = json.loads(main.read_text())["meta"]
+        m, n = meta["eval_models"][0], meta["n_images"]
+        if not out:
+            out = [f"| configuration | set | fooled {m} | LPIPS | within every naturalness limit "
+                   "| fooled every eval model and within every limit | passes per image "
+                   "| commit |", "|---|---|---|---|---|---|---|---|"]
+        for config, (r, doc) in sorted(found.items(), key=lambda kv: kv[1][0]["asr_per_model"][m]):
+            out.append(f"| `{config}` | {meta['input']} ({n}) | {r['asr_per_model'][m] * n:.0f} | "
+                       f"{r['lpips']:.3f} | {r['within_limits'] * n:.0f} | "
+                       f"{r['natural_success'] * n:.0f} | {r['passes_per_image']:.0f} | "
+                       f"`{_commit_of(doc) or '-'}` |")
+    if not out:
+        return ""
+    intro = ("The frontier measured so far (`benchmarks/strength.py`, cross-arch protocol; each "
+             "row at the commit of its table, so rows of different commits may differ by an "
+             "image or two from a rerun):\n")
+    return "\n".join([intro, *out])
+
+
 def _commit_of(doc: dict) -> str | None:
     """The commit a table's command line names, if any."""
     found = re.search(r"at commit `([0-9a-f]+)`", doc["meta"]["command"])
@@ -306,6 +346,7 @@ def update_readme() -> None:
     text = _fill(readme.read_text(), "results", readme_summary())
     text = _fill(text, "failure-policy", failure_policy_table())
     text = _fill(text, "presets", presets_table())
+    text = _fill(text, "frontier", frontier_table())
     text = _fill(text, "lpips-cost", lpips_cost_sentence())
     text = _fill(text, "gpu", gpu_sentence())
     readme.write_text(_fill(text, "quickstart", quickstart_sentence()))
