@@ -246,7 +246,8 @@ def presets_table() -> str:
 
 # Points between looking untouched and fooling the held-out model, from every table on a
 # derived set (cross-arch): the dials tried so far, each at the commit its table names.
-FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "natural, mid x0.5",
+FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "strong, cap 16, val margin 3",
+                 "natural, mid x0.5",
                  "natural, val margin 2", "natural, val margin 3", "natural",
                  "natural, cap 16, gain 0.5", "strong, val margin 3",
                  "natural, mid+coarse x1.5, 6 stages", "baseline")
