@@ -122,6 +122,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, val margin 3": ["--val-margin", "3"],
     "natural, val margin 8": ["--val-margin", "8"],
     "strong, val margin 3": ["--preset", "strong", "--val-margin", "3"],
+    "strong, val margin 3, seed 1": ["--preset", "strong", "--val-margin", "3", "--seed", "1"],
     "strong, cap 16, val margin 3": ["--preset", "strong", "--val-margin", "3",
                                      "--set", "texture.cap=16"],
     "natural, lowcut 8": ["--set", "texture.lowcut=8"],
@@ -222,6 +223,8 @@ DESCRIPTION = {
     "natural, texture x0.5, 40 steps": "half the texture bounds, 40 steps per stage (twice "
                                        "the default's passes)",
     "natural, coarse x0.5": "the default with half the coarse band's bound (stride 8)",
+    "strong, val margin 3, seed 1": "`strong, val margin 3` with another seed (the "
+                                    "augmentations' random draws)",
     "strong, cap 16, val margin 3": "the strong preset at a validation margin of 3, each "
                                     "texture band's change capped at 16/255",
     "natural, mid x0.5": "the default with half the mid band's bound (the band that mottled a "
