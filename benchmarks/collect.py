@@ -247,8 +247,7 @@ def presets_table() -> str:
 # Points between looking untouched and fooling the held-out model, from every table on a
 # derived set (cross-arch): the dials tried so far, each at the commit its table names.
 FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "strong, cap 16, val margin 3",
-                 "natural, mid x0.5",
-                 "natural, val margin 2", "natural, val margin 3", "natural",
+                 "natural, mid x0.5", "natural, val margin 2", "natural, val margin 3", "natural",
                  "natural, cap 16, gain 0.5", "strong, val margin 3",
                  "natural, mid+coarse x1.5, 6 stages", "baseline")
 
@@ -257,16 +256,16 @@ def frontier_table() -> str:
     """The frontier rows of each derived set, fewest held-out successes first."""
     out: list[str] = []
     for stem in _derived_sets("cross-arch"):
-        main = RESULTS / f"{stem}.json"
+        main = _load(stem)
+        docs = [main, *(_load(p.stem) for p in sorted(RESULTS.glob(f"{stem}-*.json")))]
         found: dict[str, tuple[dict, dict]] = {}
-        for path in [main, *sorted(RESULTS.glob(f"{stem}-*.json"))]:  # the main table wins
-            doc = json.loads(path.read_text())
+        for doc in docs:  # the main table wins, as in _rows
             for r in doc["rows"]:
                 if r["config"] in FRONTIER_ROWS:
                     found.setdefault(r["config"], (r, doc))
         if not found:
             continue
-        meta = json.loads(main.read_text())["meta"]
+        meta = main["meta"]
         m, n = meta["eval_models"][0], meta["n_images"]
         if not out:
             out = [f"| configuration | set | fooled {m} | LPIPS | within every naturalness limit "

@@ -81,6 +81,12 @@ def _gain(gain: float) -> list[str]:
             for a in ("--set", f"texture.gain_{band}={gain}")]
 
 
+def _gain_only(gain: float) -> list[str]:
+    """The mid and coarse bands as a local gain of the original's band only, no added change."""
+    return [a for band in ("mid", "coarse")
+            for a in ("--set", f"texture.{band}=0", "--set", f"texture.gain_{band}={gain}")]
+
+
 def _grade_budget(scale: float) -> list[str]:
     """The old global grade's bounds (:data:`OLD_GRADE`) times ``scale``: the rows keep their
     meaning whatever the default."""
@@ -142,12 +148,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, gain 1": [*_gain(1.0)],
     "natural, cap 16, gain 0.5": ["--set", "texture.cap=16", *_gain(0.5)],
     "natural, cap 16, gain 1": ["--set", "texture.cap=16", *_gain(1.0)],
-    "natural, mid+coarse as gain 1": ["--set", "texture.mid=0", "--set", "texture.coarse=0",
-                                      "--set", "texture.gain_mid=1",
-                                      "--set", "texture.gain_coarse=1"],
-    "natural, mid+coarse as gain 1.5": ["--set", "texture.mid=0", "--set", "texture.coarse=0",
-                                        "--set", "texture.gain_mid=1.5",
-                                        "--set", "texture.gain_coarse=1.5"],
+    "natural, mid+coarse as gain 1": _gain_only(1.0),
+    "natural, mid+coarse as gain 1.5": _gain_only(1.5),
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
@@ -227,8 +229,7 @@ DESCRIPTION = {
                                     "augmentations' random draws)",
     "strong, cap 16, val margin 3": "the strong preset at a validation margin of 3, each "
                                     "texture band's change capped at 16/255",
-    "natural, mid x0.5": "the default with half the mid band's bound (the band that mottled a "
-                         "dog's forehead)",
+    "natural, mid x0.5": "the default with half the mid band's bound (stride 4)",
     "natural, coarse off": "the default without the coarse band (fine and mid only)",
     "natural, flat ramp 4-10": "the default; texture allowed only where the original's 7x7 "
                                "contrast exceeds 4/255, in full above 10/255 (default 3, 8)",
