@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -205,6 +207,26 @@ def test_failure_policy_decides_what_unfooled_images_get(policy, mobilenet, samp
         else:
             assert r.decision == "ensemble" and r.ensemble_success
             assert r.strength < 1.0  # an earlier, smaller stage already fooled the model
+
+
+def test_natural_limit_stops_and_scales_back_results_that_show_as_edits(mobilenet,
+                                                                       sample_images):
+    from unrestrict.naturalness import naturalness, worst_ratio
+
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    # Pixel noise fails flat-region noise and added detail from the first stage; the budget
+    # check never passes, so only the limit can stop an image early.
+    cfg = AttackConfig(families=("pixel",), work_size=0, stages=4, steps=3, refine=0,
+                       di_prob=0.0, val_margin=1e9, natural_limit=1.0)
+    limited = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
+    free = Attack(replace(cfg, natural_limit=0.0), mobilenet, val=mobilenet).run(x, y)
+    for img, r, f in zip(x, limited, free, strict=True):
+        assert f.decision == "strongest"
+        assert worst_ratio(naturalness(img[None], f.decoded[None].float() / 255)[0]) > 1
+        assert r.decision == "limited" and r.passes == 3 and r.strength <= 0.25
+        assert worst_ratio(naturalness(img[None], r.decoded[None].float() / 255)[0]) <= 1
+    with pytest.raises(ValueError, match="natural_limit"):
+        AttackConfig(natural_limit=-1)
 
 
 @pytest.mark.parametrize("copies", [1, 2])

@@ -11,7 +11,10 @@ Per batch:
    models. Images that fool all of them stop growing (the contest winner's per-image minimal
    budget); a short bisection then shrinks their parameters towards the identity while they
    still fool the validation models.
-3. Images that never fool them get what ``on_failure`` says (:data:`FAILURE_POLICIES`): the
+3. With ``natural_limit``, an image whose result shows as an edit (a naturalness measure past
+   that multiple of its limit, :mod:`unrestrict.naturalness`) stops growing too, scaled back by
+   bisection to the largest change within the limits, fooled or not.
+4. Images that never fool them get what ``on_failure`` says (:data:`FAILURE_POLICIES`): the
    strongest result within the bounds, the original unchanged, or the smallest change that
    fooled the attack ensemble.
 """
@@ -35,6 +38,7 @@ from .errors import ConfigError
 from .features import FeatureTap, feature_importance, feature_loss
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
+from .naturalness import naturalness, worst_ratio
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
 from .perturb.texture import TextureConfig
 from .settings import setting
@@ -60,8 +64,10 @@ AmpMode = Literal["none", "bf16", "fp16"]
 # Mixed precision for the model passes: mode -> autocast dtype (None: full precision).
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16,
                                              "fp16": torch.float16}
-Decision = Literal["minimal", "strongest", "original", "ensemble"]
+Decision = Literal["minimal", "strongest", "original", "ensemble", "limited"]
 FailurePolicy = Literal["strongest", "original", "ensemble"]
+# Bisection steps that scale a result back within the naturalness limits (natural_limit).
+LIMIT_STEPS = 4
 # What an image that never fools the validation models is given.
 FAILURE_POLICIES: dict[str, str] = {
     "strongest": "the strongest result within the bounds (the most changed)",
@@ -137,6 +143,11 @@ class AttackConfig:
                               "original.")
     jpeg_quality: int = setting(95, "Output JPEG quality; success is judged on the decoded "
                                      "bytes.")
+    natural_limit: float = setting(0.0, "Stop an image's budget where its result would show "
+                                        "as an edit: every naturalness measure within this "
+                                        "multiple of its limit (1: the limits themselves), "
+                                        "even if the validation models are not fooled; "
+                                        "0 = off.")
     on_failure: FailurePolicy = setting(
         "strongest", "What an image that never fools the validation models gets.",
         FAILURE_POLICIES)
@@ -159,6 +170,7 @@ class AttackConfig:
             (self.loss in LOSSES, f"loss must be one of {sorted(LOSSES)}"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
+            (self.natural_limit >= 0, "natural_limit must be >= 0 (0: off)"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
             (self.on_failure in FAILURE_POLICIES,
              f"on_failure must be one of {', '.join(FAILURE_POLICIES)}"),
@@ -535,18 +547,21 @@ class Attack:
                                        prev_level / level, [cands[j] for j in won])
                 for j, tj, c in zip(won, t, best, strict=True):
                     scales[j], cands[j] = tj, c
+            limited = self._limit(x[active], y[active], sub, scales, cands)
             last = level == levels[-1]
             for j, c in enumerate(cands):
                 i = int(active[j])
                 p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
-                if c.fooled:
-                    results[i] = self._result(c, p_j, level * scales[j], "minimal")
+                if j in limited or c.fooled:
+                    decision: Decision = "limited" if j in limited else "minimal"
+                    results[i] = self._result(c, p_j, level * scales[j], decision)
                     continue
                 if c.ens_fooled and fallback[i] is None:
                     fallback[i] = (c, p_j, level)
                 if last:
                     results[i] = self._failure(x[i], y[i], c, p_j, level, fallback[i])
-            keep = torch.tensor([not (c.fooled or last) for c in cands], device=self.device)
+            keep = torch.tensor([not (c.fooled or last or j in limited)
+                                 for j, c in enumerate(cands)], device=self.device)
             active = active[keep]
             prev_level = level
             if len(active) == 0:
@@ -555,6 +570,43 @@ class Attack:
         for r, k in zip(results, passes[:n].tolist(), strict=True):
             r.passes = k  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
+
+    def _limit(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], scales: list[float],
+               cands: list[_Candidate]) -> set[int]:
+        """With ``natural_limit``: the candidates whose result shows as an edit, each scaled
+        back by bisection (``scales`` and ``cands`` updated in place) to the largest scale
+        known to stay within the limits (0, the original re-encoded, at worst)."""
+        if not self.config.natural_limit:
+            return set()
+        over = [j for j, r in enumerate(self._edit_ratio(x, torch.stack([c.decoded
+                                                                          for c in cands])))
+                if r > self.config.natural_limit]
+        if not over:
+            return set()
+        o = torch.tensor(over, device=x.device)
+        x, y = x[o], y[o]
+        full = {k: v[o] * torch.tensor([scales[j] for j in over], device=v.device,
+                                       dtype=v.dtype).view(-1, *([1] * (v.ndim - 1)))
+                for k, v in params.items()}
+
+        def scaled(t: Tensor) -> dict[str, Tensor]:
+            t = t.to(x.device)
+            return {k: v * t.view(-1, *([1] * (v.ndim - 1))) for k, v in full.items()}
+
+        lo, hi = torch.zeros(len(over)), torch.ones(len(over))
+        for _ in range(LIMIT_STEPS):
+            mid = (lo + hi) / 2
+            within = self._edit_ratio(x, self.render(x, scaled(mid))[1]) \
+                <= self.config.natural_limit
+            lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
+        for j, t, c in zip(over, lo.tolist(), self._evaluate(x, y, scaled(lo)), strict=True):
+            scales[j], cands[j] = scales[j] * t, c
+        return set(over)
+
+    @staticmethod
+    def _edit_ratio(x: Tensor, decoded: Tensor) -> Tensor:
+        """Each result's worst naturalness measure as a multiple of its limit. (B,) on CPU."""
+        return torch.tensor([worst_ratio(v) for v in naturalness(x, decoded.float() / 255)])
 
     def _failure(
         self, x: Tensor, y: Tensor, strongest: _Candidate, params: dict[str, Tensor],

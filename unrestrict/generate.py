@@ -142,6 +142,7 @@ class GenerateSummary:
     output_dir: Path
 
     validated: bool = True  # validation models judged the results
+    limited: int = 0  # stopped at the naturalness limits (natural_limit)
 
     def __str__(self) -> str:
         shard = f" (shard {self.rank}/{self.world})" if self.world > 1 else ""
@@ -149,7 +150,9 @@ class GenerateSummary:
                else "no validation models, ")
         return (f"{self.output_dir}{shard}: {self.written} written, {self.already_done} already "
                 f"done, {len(self.skipped)} skipped of {self.total}; {val}attack ensemble "
-                f"{self.ensemble_success}/{self.written}; {self.seconds:.1f}s")
+                f"{self.ensemble_success}/{self.written}"
+                + (f", stopped at the naturalness limits {self.limited}" if self.limited else "")
+                + f"; {self.seconds:.1f}s")
 
 
 def derive_seed(seed: int, *parts: str) -> int:
@@ -285,6 +288,7 @@ def _attack(
         summary.written += 1
         summary.val_success += bool(r.val_success)
         summary.ensemble_success += r.ensemble_success
+        summary.limited += r.decision == "limited"
     return records
 
 
