@@ -142,9 +142,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 4": ["--set", "texture.cap=4"],
     "natural, cap 12": ["--set", "texture.cap=12"],
     "natural, cap 16": ["--set", "texture.cap=16"],
-    "natural, masking power 0.6": ["--set", "texture.power=0.6"],
-    "natural, masking power 0.4": ["--set", "texture.power=0.4"],
-    "strong, masking power 0.6": ["--preset", "strong", "--set", "texture.power=0.6"],
     "natural, natural limit 1": ["--natural-limit", "1"],
     "strong, natural limit 1": ["--preset", "strong", "--natural-limit", "1"],
     "natural, cap 24": ["--set", "texture.cap=24"],
@@ -278,11 +275,6 @@ DESCRIPTION = {
                                      "mid and coarse bands only as a local gain of up to +-1 of "
                                      "the original's own band (from removing it to doubling it)",
     "natural, mid+coarse as gain 1.5": "as `natural, mid+coarse as gain 1`, gains within +-1.5",
-    "natural, masking power 0.6": "the default with each texture map compressed above 2/255 "
-                                  "to 2^0.4 x map^0.6 (/255): masking sublinear in the "
-                                  "original's contrast",
-    "natural, masking power 0.4": "as `natural, masking power 0.6`, exponent 0.4",
-    "strong, masking power 0.6": "the strong preset with masking power 0.6",
     "natural, natural limit 1": "the default; an image stops growing once its result "
                                 "passes a naturalness limit, scaled back within them by "
                                 "bisection, fooled or not",

@@ -739,28 +739,6 @@ def test_texture_cap_bounds_each_band_in_absolute_terms():
         compose(["texture"], {"texture": {"cap": "-1"}})
 
 
-def test_texture_masking_power_compresses_maps_above_the_knee():
-    from unrestrict.perturb.texture import TextureConfig, masked, visibility
-
-    maps = torch.tensor([0.0, 1.0, 2.0, 8.0, 32.0]) / 255
-    out = masked(maps, 2.0 / 255, 0.5)
-    # Unchanged up to the knee, then knee^(1 - p) * map^p: 8 -> 4, 32 -> 8 (/255).
-    torch.testing.assert_close(out * 255, torch.tensor([0.0, 1.0, 2.0, 4.0, 8.0]))
-    # Continuous and monotone, never above the map.
-    grid = torch.linspace(0, 0.2, 2001)
-    squeezed = masked(grid, 2.0 / 255, 0.6)
-    assert (squeezed.diff() >= 0).all() and (squeezed <= grid + 1e-9).all()
-    # In the family: the strongest texture's bound shrinks the most, the faintest not at all.
-    x = _photo() * 0.6 + 0.2
-    plain = visibility(x, range_margin=TextureConfig().range_margin)
-    powered = compose(["texture"], {"texture": {"power": 0.6}}).families[0].prepare(x)
-    torch.testing.assert_close(powered["visibility"], masked(plain, 2.0 / 255, 0.6))
-    assert powered["visibility"].amax() < 0.8 * plain.amax()
-    for bad in ({"power": "0"}, {"power": "1.5"}, {"knee": "0"}):
-        with pytest.raises(ConfigError, match="power"):
-            compose(["texture"], {"texture": bad})
-
-
 def test_texture_flat_ramp_must_rise():
     from unrestrict.errors import ConfigError
     from unrestrict.perturb import compose

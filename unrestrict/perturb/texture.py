@@ -29,9 +29,7 @@ Parameters are bounded by the band's ratio (``|p| <= ratio * level``), so the ch
 k is at most ``ratio_k * level * visibility_k`` at every pixel: near zero in flat and
 blurred regions, a fraction of the original's own contrast in textured ones. With ``cap``,
 each map is at most ``cap / ratio_k``, so no band changes a pixel by more than ``cap``
-(0-255 units); with ``power`` below 1, each map is compressed above ``knee``
-(:func:`masked`), a soft cap that follows masking's sublinear growth with the masker's
-contrast. The change is added to R, G and B alike (luminance only, hue kept) unless
+(0-255 units). The change is added to R, G and B alike (luminance only, hue kept) unless
 ``channels="rgb"``. With ``chroma_fine`` or ``chroma_mid``, that band also gets two
 opponent-colour components (red-green, yellow-blue, with the luminance unchanged), bounded
 by the ratio times the original's own *colour* detail of the band (:func:`chroma_visibility`):
@@ -63,8 +61,8 @@ from .base import (
     upsample_field,
 )
 
-__all__ = ["TextureFamily", "TextureConfig", "visibility", "chroma_visibility", "masked",
-           "opponent", "BANDS"]
+__all__ = ["TextureFamily", "TextureConfig", "visibility", "chroma_visibility", "opponent",
+           "BANDS"]
 
 # (name, DoG sigmas of the band in pixels, parameter stride)
 BANDS: tuple[tuple[str, tuple[float, float], int], ...] = (
@@ -195,12 +193,6 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
     return torch.cat(maps, 1).to(x.dtype)
 
 
-def masked(maps: Tensor, knee: float, power: float) -> Tensor:
-    """``maps`` compressed above ``knee`` (same units): ``knee ** (1 - power) * map ** power``
-    there, unchanged below, continuous at the knee and never larger than the map."""
-    return torch.where(maps > knee, knee ** (1 - power) * maps.clamp_min(knee) ** power, maps)
-
-
 @torch.no_grad()
 def chroma_visibility(x: Tensor, density_scale: float = 3.0,
                       bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
@@ -259,11 +251,6 @@ class TextureConfig:
     gain_fine: float = 0.0
     gain_mid: float = 0.0
     gain_coarse: float = 0.0
-    # Masking grows slower than the masker's contrast (threshold elevation ~ contrast^0.6-0.7
-    # above a knee, as in Watson's and Legge and Foley's models): each map above ``knee``
-    # (/255) becomes knee^(1 - power) * map^power. 1: linear, the map as it is.
-    power: float = 1.0
-    knee: float = 2.0
 
 
 def _grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -298,9 +285,6 @@ class TextureFamily(Family):
         for band, *_ in BANDS:
             if getattr(self.config, f"gain_{band}") < 0:
                 raise ConfigError(f"texture gain_{band} must be >= 0 (0: off)")
-        if not 0 < self.config.power <= 1 or self.config.knee <= 0:
-            raise ConfigError("texture power must be in (0, 1] (1: linear masking) and knee "
-                              "> 0 (/255)")
         if self.config.cap < 0:
             raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
         if self.config.lowcut < 0:
@@ -361,8 +345,6 @@ class TextureFamily(Family):
         flat = (c.flat_start / 255, c.flat_full / 255)
         vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
                           c.detail_sigma) if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
-        if c.power < 1:
-            vis = masked(vis, c.knee / 255, c.power)
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
@@ -372,8 +354,6 @@ class TextureFamily(Family):
         if chroma:  # one map per band with colour, in the order of _chroma()
             cvis = chroma_visibility(x, c.density_scale,
                                      tuple(b for b in BANDS if b[0] in chroma), flat)
-            if c.power < 1:
-                cvis = masked(cvis, c.knee / 255, c.power)
             if c.cap > 0:
                 ratios = torch.tensor(list(chroma.values()), device=cvis.device,
                                       dtype=cvis.dtype)
