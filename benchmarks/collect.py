@@ -249,6 +249,7 @@ def presets_table() -> str:
 FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "strong, cap 16, val margin 3",
                  "natural, mid x0.5", "natural, val margin 2", "natural, val margin 3", "natural",
                  "natural, cap 16, gain 0.5", "strong, val margin 3",
+                 "natural, masking power 0.6", "strong, masking power 0.6",
                  "natural, mid+coarse x1.5, 6 stages", "baseline")
 
 
