@@ -144,6 +144,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, cap 16": ["--set", "texture.cap=16"],
     "natural, natural limit 1": ["--natural-limit", "1"],
     "strong, natural limit 1": ["--preset", "strong", "--natural-limit", "1"],
+    "natural, natural limit 1.5": ["--natural-limit", "1.5"],
+    "natural, natural limit 1.2": ["--natural-limit", "1.2"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, gain 0.5": [*_gain(0.5)],
@@ -279,6 +281,10 @@ DESCRIPTION = {
                                 "passes a naturalness limit, scaled back within them by "
                                 "bisection, fooled or not",
     "strong, natural limit 1": "the strong preset with natural limit 1",
+    "natural, natural limit 1.5": "the default stopping an image at 1.5x the naturalness "
+                                  "limits",
+    "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
+                                  "limits",
     "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
