@@ -147,3 +147,12 @@ def test_unknown_family_and_option_fail_before_loading_models(sample_copy, tmp_p
              "mobilenet_v2"], ok=False)
     assert r.exit_code == 2 and "held out" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_summary_counts_images_stopped_at_the_naturalness_limits(tmp_path):
+    from unrestrict.generate import GenerateSummary
+
+    summary = GenerateSummary(0, 1, 3, 0, 3, [], 1, 2, 1.0, tmp_path)
+    assert "naturalness" not in str(summary)
+    summary.limited = 2
+    assert str(summary).endswith("attack ensemble 2/3, stopped at the naturalness limits 2; 1.0s")

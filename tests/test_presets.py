@@ -19,12 +19,10 @@ def test_every_preset_composes_and_is_described(name):
     assert PRESET_HELP[name]
 
 
-def test_subtle_is_natural_with_half_the_texture_bounds():
+def test_subtle_is_natural_stopped_at_the_naturalness_limits():
     subtle, natural = PRESETS["subtle"], PRESETS["natural"]
-    default = TextureConfig()
-    assert subtle.family_options["texture"] == {
-        "fine": default.fine / 2, "mid": default.mid / 2, "coarse": default.coarse / 2}
-    assert dataclasses.replace(subtle, family_options={}) == natural
+    assert subtle.natural_limit == 1.0 and natural.natural_limit == 0.0
+    assert dataclasses.replace(subtle, natural_limit=0.0) == natural
 
 
 def test_strong_is_natural_with_two_more_stages_for_mid_and_coarse_texture():
@@ -41,16 +39,16 @@ def test_strong_is_natural_with_two_more_stages_for_mid_and_coarse_texture():
 
 
 def test_a_family_option_overrides_one_preset_value_and_keeps_the_rest():
-    cfg = resolve_preset("subtle", {"texture": {"fine": "2.0"}, "color": {"hue": "0.01"}},
+    cfg = resolve_preset("strong", {"texture": {"mid": "2.0"}, "color": {"hue": "0.01"}},
                          steps=7)
-    assert cfg.family_options == {"texture": {"fine": "2.0", "mid": 4.0, "coarse": 4.0},
+    assert cfg.family_options == {"texture": {"mid": "2.0", "coarse": 12.0},
                                   "color": {"hue": "0.01"}}
     assert cfg.steps == 7
-    assert PRESETS["subtle"].family_options["texture"]["fine"] == 1.6  # preset untouched
+    assert PRESETS["strong"].family_options["texture"]["mid"] == 12.0  # preset untouched
 
 
 def test_preset_options_of_families_left_out_are_dropped():
-    cfg = resolve_preset("subtle", families=("color",))
+    cfg = resolve_preset("strong", families=("color",))
     assert cfg.family_options == {}
 
 

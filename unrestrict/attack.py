@@ -203,9 +203,8 @@ PIXEL_BASELINE = AttackConfig(
 # Named starting points for `generate --preset`; every other option overrides them.
 PRESETS: dict[str, AttackConfig] = {
     "natural": AttackConfig(),
-    # Half the texture bounds: for rounds judged by people (README: Presets).
-    "subtle": AttackConfig(family_options={"texture": {
-        band: getattr(TextureConfig(), band) / 2 for band in ("fine", "mid", "coarse")}}),
+    # Every result within the naturalness limits: for rounds judged by people (README: Presets).
+    "subtle": AttackConfig(natural_limit=1.0),
     # The mid and coarse texture bands grow to 1.5x in two more stages, for the images the
     # default leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
     "strong": AttackConfig(stages=6, family_options={"texture": {
@@ -216,8 +215,9 @@ PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail plus a mild global colour grade, "
                "staged per-image budget checked on the validation models, surrogate "
                "gradients for transfer",
-    "subtle": "natural with half the texture bounds: fewer held-out models fooled, far more "
-              "results that stay within every naturalness limit",
+    "subtle": "natural, but an image stops growing where its result would show as an edit "
+              "(--natural-limit 1): fewer held-out models fooled, every result within the "
+              "naturalness limits, the most that fool every eval model within them",
     "strong": "natural with the texture's mid and coarse bands growing to 1.5x in two more "
               "stages, for the images natural leaves unfooled: held-out success near the "
               "L-inf baseline's, more visible texture on those images",
