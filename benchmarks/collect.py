@@ -215,7 +215,7 @@ def failure_policy_table() -> str:
 
 
 # Each --preset and the strength.py row that ran its settings.
-PRESET_ROWS = {"natural": "natural", "subtle": "natural, texture x0.5",
+PRESET_ROWS = {"natural": "natural", "subtle": "natural, natural limit 1",
                "strong": "natural, mid+coarse x1.5, 6 stages", "baseline": "baseline"}
 
 
@@ -250,6 +250,8 @@ FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "strong, cap 16, va
                  "natural, mid x0.5", "natural, val margin 2", "natural, val margin 3", "natural",
                  "natural, cap 16, gain 0.5", "strong, val margin 3",
                  "natural, masking power 0.6", "strong, masking power 0.6",
+                 "natural, natural limit 1", "strong, natural limit 1",
+                 "natural, natural limit 1.2", "natural, natural limit 1.5",
                  "natural, mid+coarse x1.5, 6 stages", "baseline")
 
 
