@@ -146,6 +146,7 @@ CONFIGS: dict[str, list[str]] = {
     "strong, natural limit 1": ["--preset", "strong", "--natural-limit", "1"],
     "natural, natural limit 1.5": ["--natural-limit", "1.5"],
     "natural, natural limit 1.2": ["--natural-limit", "1.2"],
+    "natural, natural limit 1, seed 1": ["--natural-limit", "1", "--seed", "1"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, gain 0.5": [*_gain(0.5)],
@@ -285,6 +286,8 @@ DESCRIPTION = {
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
                                   "limits",
+    "natural, natural limit 1, seed 1": "`natural, natural limit 1` (the subtle preset) with "
+                                        "another seed",
     "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
