@@ -147,6 +147,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, natural limit 1.5": ["--natural-limit", "1.5"],
     "natural, natural limit 1.2": ["--natural-limit", "1.2"],
     "natural, natural limit 1, seed 1": ["--natural-limit", "1", "--seed", "1"],
+    "natural, natural limit 1, fine x0.5": ["--natural-limit", "1", "--set",
+                                            f"texture.fine={TextureConfig().fine / 2}"],
+    "natural, natural limit 1, fine off": ["--natural-limit", "1", "--set", "texture.fine=0"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, gain 0.5": [*_gain(0.5)],
@@ -288,6 +291,10 @@ DESCRIPTION = {
                                   "limits",
     "natural, natural limit 1, seed 1": "`natural, natural limit 1` (the subtle preset) with "
                                         "another seed",
+    "natural, natural limit 1, fine x0.5": "natural limit 1 with half the fine texture band's "
+                                           "bound: the fine band is the added-detail measure's "
+                                           "own band, which binds most often",
+    "natural, natural limit 1, fine off": "natural limit 1 without the fine texture band",
     "natural, cap 24": "the default with each texture band's change capped at 24/255",
     "natural, cap 8, texture x2": "each texture band capped at 8/255, its ratio doubled: "
                                   "moderate texture gets more, strong patterns less",
