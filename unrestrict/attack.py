@@ -57,6 +57,7 @@ __all__ = [
     "resolve_preset",
     "FAILURE_POLICIES",
     "pad_rows",
+    "scale_rows",
 ]
 
 LossName = Literal["margin", "ce"]
@@ -264,6 +265,12 @@ class ImageResult:
     val_success: bool | None  # None when no validation models were given
     val_margin: float | None
     passes: int  # forward+backward passes of the attack ensemble spent on this image
+
+
+def scale_rows(params: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+    """Every parameter's row i times ``t[i]``: each image's change scaled on its own."""
+    return {k: v * t.to(v.device, v.dtype).view(-1, *([1] * (v.ndim - 1)))
+            for k, v in params.items()}
 
 
 def pad_rows(t: Tensor, size: int) -> Tensor:
@@ -585,21 +592,16 @@ class Attack:
             return set()
         o = torch.tensor(over, device=x.device)
         x, y = x[o], y[o]
-        full = {k: v[o] * torch.tensor([scales[j] for j in over], device=v.device,
-                                       dtype=v.dtype).view(-1, *([1] * (v.ndim - 1)))
-                for k, v in params.items()}
-
-        def scaled(t: Tensor) -> dict[str, Tensor]:
-            t = t.to(x.device)
-            return {k: v * t.view(-1, *([1] * (v.ndim - 1))) for k, v in full.items()}
-
+        full = scale_rows({k: v[o] for k, v in params.items()},
+                          torch.tensor([scales[j] for j in over]))
         lo, hi = torch.zeros(len(over)), torch.ones(len(over))
         for _ in range(LIMIT_STEPS):
             mid = (lo + hi) / 2
-            within = self._edit_ratio(x, self.render(x, scaled(mid))[1]) \
+            within = self._edit_ratio(x, self.render(x, scale_rows(full, mid))[1]) \
                 <= self.config.natural_limit
             lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
-        for j, t, c in zip(over, lo.tolist(), self._evaluate(x, y, scaled(lo)), strict=True):
+        judged = self._evaluate(x, y, scale_rows(full, lo))
+        for j, t, c in zip(over, lo.tolist(), judged, strict=True):
             scales[j], cands[j] = scales[j] * t, c
         return set(over)
 
@@ -664,9 +666,7 @@ class Attack:
         best = list(found)
         for _ in range(self.config.refine):
             mid = (lo + hi) / 2
-            t = mid.to(x.device)
-            scaled = {k: v * t.view(-1, *([1] * (v.ndim - 1))) for k, v in params.items()}
-            for j, c in enumerate(self._evaluate(x, y, scaled)):
+            for j, c in enumerate(self._evaluate(x, y, scale_rows(params, mid))):
                 if c.fooled:
                     hi[j], best[j] = mid[j], c
                 else:
