@@ -154,6 +154,7 @@ CONFIGS: dict[str, list[str]] = {
                                                     "--natural-weight", "30"],
     "natural, natural limit 1, natural weight 300": ["--natural-limit", "1",
                                                      "--natural-weight", "300"],
+    "natural, natural weight 30": ["--natural-weight", "30"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, gain 0.5": [*_gain(0.5)],
@@ -294,6 +295,8 @@ DESCRIPTION = {
         "limit, 30 logits per limit",
     "natural, natural limit 1, natural weight 300": "as `natural, natural limit 1, natural "
         "weight 30`, 300 logits per limit",
+    "natural, natural weight 30": "the default with a penalty in the loss on each naturalness "
+        "measure past 0.8 of its limit, 30 logits per limit",
     "natural, natural limit 1.5": "the default stopping an image at 1.5x the naturalness "
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
