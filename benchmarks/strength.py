@@ -150,11 +150,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, natural limit 1, fine x0.5": ["--natural-limit", "1", "--set",
                                             f"texture.fine={TextureConfig().fine / 2}"],
     "natural, natural limit 1, fine off": ["--natural-limit", "1", "--set", "texture.fine=0"],
-    "natural, natural limit 1, natural weight 30": ["--natural-limit", "1",
-                                                    "--natural-weight", "30"],
-    "natural, natural limit 1, natural weight 300": ["--natural-limit", "1",
-                                                     "--natural-weight", "300"],
-    "natural, natural weight 30": ["--natural-weight", "30"],
     "natural, cap 24": ["--set", "texture.cap=24"],
     "natural, cap 8, texture x2": ["--set", "texture.cap=8", *_texture_budget(2)],
     "natural, gain 0.5": [*_gain(0.5)],
@@ -290,13 +285,6 @@ DESCRIPTION = {
                                 "passes a naturalness limit, scaled back within them by "
                                 "bisection, fooled or not",
     "strong, natural limit 1": "the strong preset with natural limit 1",
-    "natural, natural limit 1, natural weight 30": "`natural, natural limit 1` (the subtle "
-        "preset) with a penalty in the loss on each naturalness measure past 0.8 of its "
-        "limit, 30 logits per limit",
-    "natural, natural limit 1, natural weight 300": "as `natural, natural limit 1, natural "
-        "weight 30`, 300 logits per limit",
-    "natural, natural weight 30": "the default with a penalty in the loss on each naturalness "
-        "measure past 0.8 of its limit, 30 logits per limit",
     "natural, natural limit 1.5": "the default stopping an image at 1.5x the naturalness "
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "

@@ -14,7 +14,6 @@ from unrestrict.naturalness import (
     MEASURES,
     color_drift,
     detail_excess,
-    excess,
     flat_noise,
     global_color_fit,
     naturalness,
@@ -178,43 +177,3 @@ def test_half_size_drift_matches_full_size(sample_images):
     assert half == pytest.approx(full, rel=0.05)
     assert half95 == pytest.approx(full95, rel=0.05)
     assert (full95 > 2).all()  # the blob is there to be measured
-
-
-def test_excess_sums_what_each_measure_has_past_its_limit(photos):
-    edited = (photos + 0.03 * torch.randn_like(photos)).clamp(0, 1)
-    rows = naturalness(photos, edited)
-    for start in (0.0, 0.8):
-        expected = [sum(max(r[k] / LIMITS[k] - start, 0.0) for k in MEASURES) for r in rows]
-        assert excess(photos, edited, start).tolist() == pytest.approx(expected, rel=1e-4)
-    assert (excess(photos, photos.clone()) == 0).all()
-
-
-def test_excess_gradient_is_finite_at_no_change_and_descends(photos):
-    # The loop's first step sees the original itself: every square root sits at zero.
-    x = photos[:2]
-    delta = torch.zeros_like(x, requires_grad=True)
-    (grad,) = torch.autograd.grad(excess(x, x + delta, 0.0).sum(), delta)
-    assert torch.isfinite(grad).all()
-    # Grain on the photos: plain gradient descent on the excess must remove most of it.
-    delta = (0.04 * torch.randn_like(x)).requires_grad_(True)
-    before = excess(x, (x + delta).clamp(0, 1)).sum().item()
-    opt = torch.optim.Adam([delta], lr=2e-3)
-    for _ in range(30):
-        opt.zero_grad()
-        excess(x, (x + delta).clamp(0, 1)).sum().backward()
-        opt.step()
-    assert before > 1 and excess(x, (x + delta).clamp(0, 1)).sum().item() < 0.5 * before
-
-
-def test_measure_blurs_back_propagate_as_autograd_would_away_from_the_borders(photos):
-    # The measures' blur passes its gradient back through the same blur (a Gaussian is its
-    # own adjoint): it must agree with autograd's transposed convolution in the interior.
-    from unrestrict.naturalness import _gaussian, _blur
-
-    x = photos[:1, :1].clone().requires_grad_(True)
-    weight = torch.randn_like(x)
-    (fast,) = torch.autograd.grad((_blur(x, 2.0) * weight).sum(), x)
-    (exact,) = torch.autograd.grad((_gaussian(x, 2.0) * weight).sum(), x)
-    inner = (slice(None), slice(None), slice(13, -13), slice(13, -13))
-    assert torch.allclose(fast[inner], exact[inner], atol=1e-5)
-    assert _blur(x, 2.0).equal(_gaussian(x, 2.0))

@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .features import FeatureTap, feature_importance, feature_loss
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
-from .naturalness import excess, naturalness, worst_ratio
+from .naturalness import naturalness, worst_ratio
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
 from .perturb.texture import TextureConfig
 from .settings import setting
@@ -69,9 +69,6 @@ Decision = Literal["minimal", "strongest", "original", "ensemble", "limited"]
 FailurePolicy = Literal["strongest", "original", "ensemble"]
 # Bisection steps that scale a result back within the naturalness limits (natural_limit).
 LIMIT_STEPS = 4
-# Share of each naturalness limit where natural_weight's penalty starts (its help says 0.8):
-# the loop measures the render before its JPEG round trip, which adds detail and noise too.
-NATURAL_START = 0.8
 # What an image that never fools the validation models is given.
 FAILURE_POLICIES: dict[str, str] = {
     "strongest": "the strongest result within the bounds (the most changed)",
@@ -138,10 +135,6 @@ class AttackConfig:
     feature_drop: float = setting(0.3, "Share of pixels each importance copy drops.")
     reg_weight: float = setting(0.0, "Weight of the families' smoothness/size penalties.")
     lpips_weight: float = setting(0.0, "Weight of an LPIPS-to-original penalty.")
-    natural_weight: float = setting(0.0, "Weight (logits per limit) of a penalty on every "
-                                         "naturalness measure past 0.8 of its limit, so the "
-                                         "loop looks for changes within the limits; "
-                                         "0 = off.")
     work_size: int | None = setting(None, "Side length resolution-free families are optimised "
                                            "at (None: the largest model input; 0: full size).")
     # Stopping at the bare decision boundary transfers poorly to other architectures.
@@ -179,7 +172,6 @@ class AttackConfig:
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
             (self.natural_limit >= 0, "natural_limit must be >= 0 (0: off)"),
-            (self.natural_weight >= 0, "natural_weight must be >= 0 (0: off)"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
             (self.on_failure in FAILURE_POLICIES,
              f"on_failure must be one of {', '.join(FAILURE_POLICIES)}"),
@@ -356,8 +348,7 @@ class Attack:
         # Augmentations transform the models' input, as in the DI paper: at full size (the
         # pixel and texture families) that puts their resampling on a fifth of the pixels,
         # and so does a global grade that ends the chain.
-        full = cfg.lpips_weight > 0 or cfg.natural_weight > 0
-        if full:
+        if cfg.lpips_weight > 0:
             x_adv = self.composite.apply(x_work, params, prepared)
             x_in = self.ensemble.to_input_size(x_adv)
         else:
@@ -382,8 +373,6 @@ class Attack:
             assert self.lpips is not None
             d = self.lpips(x_adv * 2 - 1, x_work * 2 - 1, normalize=False).flatten()
             obj = obj - cfg.lpips_weight * d
-        if cfg.natural_weight > 0:
-            obj = obj - cfg.natural_weight * excess(x_work, x_adv, NATURAL_START)
         return obj
 
     def _step(

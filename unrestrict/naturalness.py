@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import kornia.color as KC
 import kornia.filters as KF
@@ -50,7 +49,6 @@ __all__ = [
     "tone_shift",
     "global_color_fit",
     "worst_ratio",
-    "excess",
 ]
 
 Measure = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, ...]"]
@@ -96,27 +94,8 @@ BAND_SIGMAS = (0.7, 2.0)
 BLOCK = 16
 
 
-class _Blur(torch.autograd.Function):
-    """:func:`_gaussian` whose backward pass blurs the gradient with the same kernel: the
-    exact adjoint away from the borders (a Gaussian is symmetric), and tens of times faster on
-    the CPU than autograd's transposed convolution, which :func:`excess` runs every step."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, sigma: float) -> Tensor:
-        ctx.sigma = sigma
-        return _gaussian(x, sigma)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _gaussian(grad, ctx.sigma), None
-
-
 def _blur(x: Tensor, sigma: float) -> Tensor:
     """Gaussian blur with reflected borders (kernel 2*ceil(3 sigma) + 1)."""
-    return _Blur.apply(x, sigma) if x.requires_grad else _gaussian(x, sigma)
-
-
-def _gaussian(x: Tensor, sigma: float) -> Tensor:
     k = 2 * math.ceil(3 * sigma) + 1
     pad = k // 2
     if min(x.shape[-2:]) <= pad:  # reflect padding needs more pixels than the kernel's reach
@@ -124,13 +103,6 @@ def _gaussian(x: Tensor, sigma: float) -> Tensor:
         return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="constant")[
             ..., pad:-pad, pad:-pad]
     return KF.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
-
-
-def _sqrt(t: Tensor) -> Tensor:
-    """``t.sqrt()`` whose gradient is 0 where ``t`` is 0, not infinite: an unchanged result
-    (every attack's first step) must not poison :func:`excess`'s gradient."""
-    positive = t > 0
-    return torch.where(positive, torch.where(positive, t, 1).sqrt(), 0)
 
 
 def _area_averaged(orig: Tensor, result: Tensor, factor: int) -> tuple[Tensor, Tensor, int]:
@@ -177,17 +149,13 @@ def color_drift(orig: Tensor, result: Tensor, downsample: int = 2) -> tuple[Tens
     quarter of the full-size computation (tests hold the two within a few percent).
     """
     orig, result, downsample = _area_averaged(orig, result, downsample)
-    with torch.no_grad():  # held fixed under differentiation: a gradient moves the result only
-        fitted = global_color_fit(orig, result)
+    fitted = global_color_fit(orig, result)
     # Low-pass before Lab: after it, Lab's curvature (and clipping at 0 and 1) would turn
     # zero-mean pixel noise into a smooth offset that reads as drift.
     pair = _blur(torch.cat([result.clamp(0, 1), fitted]), DRIFT_SIGMA / downsample)
     lab = KC.rgb_to_lab(pair.clamp(0, 1))
     diff = lab[: len(orig)] - lab[len(orig):]
-    if result.requires_grad:
-        de = _sqrt((diff * diff).sum(1)).flatten(1)
-    else:  # in place: faster than norm(dim=1) on the CPU
-        de = diff.mul_(diff).sum(1).sqrt_().flatten(1)
+    de = diff.mul_(diff).sum(1).sqrt_().flatten(1)  # faster than norm(dim=1) on the CPU
     # An unchanged image scores exactly 0, not the float rounding of its identity fit.
     same = (result == orig).flatten(1).all(1, keepdim=True)
     de = de.masked_fill(same, 0.0)
@@ -212,7 +180,7 @@ def flat_noise(orig: Tensor, result: Tensor) -> Tensor:
     flat = (var.sqrt() < FLAT_STD).to(change.dtype)  # (B, 1, H, W)
     energy = (high.pow(2).mean(1, keepdim=True) * flat).flatten(1).sum(1)
     count = flat.flatten(1).sum(1)
-    return torch.where(count > 0, _sqrt(energy / count.clamp_min(1)), torch.zeros_like(count))
+    return torch.where(count > 0, (energy / count.clamp_min(1)).sqrt(), torch.zeros_like(count))
 
 
 def _fine_band(luma: Tensor) -> Tensor:
@@ -231,7 +199,7 @@ def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"detail_excess needs images of at least {BLOCK}x{BLOCK} pixels")
     e_change = F.avg_pool2d(band_change.pow(2), BLOCK)
     e_orig = F.avg_pool2d(band_orig.pow(2), BLOCK)
-    ratio = _sqrt(e_change / (e_orig + 1)).flatten(1)
+    ratio = (e_change / (e_orig + 1)).sqrt().flatten(1)
     return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
 
 
@@ -272,17 +240,6 @@ def naturalness(orig: Tensor, result: Tensor) -> list[dict[str, float]]:
                              f"keys {keys}")
         cols.update({k: v.tolist() for k, v in zip(keys, values, strict=True)})
     return [{k: cols[k][i] for k in MEASURES} for i in range(len(orig))]
-
-
-def excess(orig: Tensor, result: Tensor, start: float = 1.0) -> Tensor:
-    """Differentiable in ``result``: the sum over measures of how far each exceeds ``start``
-    times its limit, in units of the limit (``relu(value / limit - start)``). (B,)."""
-    total = orig.new_zeros(len(orig))
-    for fn, keys in _REGISTRY.values():
-        out = fn(orig, result)
-        for key, value in zip(keys, out if isinstance(out, tuple) else (out,), strict=True):
-            total = total + (value / LIMITS[key] - start).clamp_min(0)
-    return total
 
 
 def worst_ratio(values: dict[str, float]) -> float:
