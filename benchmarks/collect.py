@@ -150,10 +150,10 @@ def _step_lines(dev: str) -> list[str]:
 def _later_lines() -> list[str]:
     lines: list[str] = []
     _, by = _rows("strength-cross-arch-sample")
-    if "natural" in by and "natural, cpu batch 1" in by:
-        one, four = by["natural, cpu batch 1"], by["natural"]
+    if "bold" in by and "natural, cpu batch 1" in by:  # that row ran bold (strength.py)
+        one, four = by["natural, cpu batch 1"], by["bold"]
         lines.append("| `generate` s/img, `--cpu-batch 1` vs the default chunks of 4 (CPU, "
-                     f"natural, cross-arch sample) | {one['seconds_per_image']:.2f} vs "
+                     f"bold, cross-arch sample) | {one['seconds_per_image']:.2f} vs "
                      f"{four['seconds_per_image']:.2f} "
                      f"({one['seconds_per_image'] / four['seconds_per_image']:.2f}x) | |")
     mem = _load("memory-cpu")
@@ -194,7 +194,7 @@ def quickstart_sentence() -> str:
 def failure_policy_table() -> str:
     """The --on-failure trade-off as measured (cross-arch protocol, sample set)."""
     meta, by = _rows("strength-cross-arch-sample")
-    policies = (("strongest", "natural"), ("ensemble", "natural, failures ensemble-minimal"),
+    policies = (("strongest", "bold"), ("ensemble", "natural, failures ensemble-minimal"),
                 ("original", "natural, failures unchanged"))
     if not all(c in by for _, c in policies):
         return ""
@@ -215,7 +215,7 @@ def failure_policy_table() -> str:
 
 
 # Each --preset and the strength.py row that ran its settings.
-PRESET_ROWS = {"natural": "natural", "subtle": "natural, natural limit 1",
+PRESET_ROWS = {"natural": "natural", "bold": "bold",
                "strong": "natural, mid+coarse x1.5, 6 stages", "baseline": "baseline"}
 
 
@@ -252,7 +252,7 @@ FRONTIER_ROWS = ("natural, texture x0.5", "natural, cap 16", "strong, cap 16, va
                  "natural, masking power 0.6", "strong, masking power 0.6",
                  "natural, natural limit 1", "strong, natural limit 1",
                  "natural, natural limit 1.2", "natural, natural limit 1.5",
-                 "natural, mid+coarse x1.5, 6 stages", "baseline")
+                 "natural, mid+coarse x1.5, 6 stages", "bold", "baseline")
 
 
 def frontier_table() -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from unrestrict.attack import PRESET_HELP, PRESETS, resolve_preset
 from unrestrict.errors import ConfigError
+from unrestrict.generate import GenerateConfig
 from unrestrict.perturb import compose
 from unrestrict.perturb.texture import TextureConfig
 
@@ -19,23 +20,24 @@ def test_every_preset_composes_and_is_described(name):
     assert PRESET_HELP[name]
 
 
-def test_subtle_is_natural_stopped_at_the_naturalness_limits():
-    subtle, natural = PRESETS["subtle"], PRESETS["natural"]
-    assert subtle.natural_limit == 1.0 and natural.natural_limit == 0.0
-    assert dataclasses.replace(subtle, natural_limit=0.0) == natural
+def test_natural_is_bold_stopped_at_the_naturalness_limits():
+    natural, bold = PRESETS["natural"], PRESETS["bold"]
+    assert natural.natural_limit == 1.0 and bold.natural_limit == 0.0
+    assert dataclasses.replace(natural, natural_limit=0.0) == bold
+    assert GenerateConfig().attack == natural  # the library's default is the CLI's
 
 
-def test_strong_is_natural_with_two_more_stages_for_mid_and_coarse_texture():
-    strong, natural = PRESETS["strong"], PRESETS["natural"]
+def test_strong_is_bold_with_two_more_stages_for_mid_and_coarse_texture():
+    strong, bold = PRESETS["strong"], PRESETS["bold"]
     default = TextureConfig()
     assert strong.family_options["texture"] == {"mid": default.mid * 1.5,
                                                 "coarse": default.coarse * 1.5}
-    assert strong.stages == natural.stages + 2
+    assert strong.stages == bold.stages + 2
     # The mid band's rungs: the default's four, then 1.25x and 1.5x of its bound.
     rungs = [strong.family_options["texture"]["mid"] * (k + 1) / strong.stages
              for k in range(strong.stages)]
     assert rungs[:4] == pytest.approx([default.mid * (k + 1) / 4 for k in range(4)])
-    assert dataclasses.replace(strong, family_options={}, stages=natural.stages) == natural
+    assert dataclasses.replace(strong, family_options={}, stages=bold.stages) == bold
 
 
 def test_a_family_option_overrides_one_preset_value_and_keeps_the_rest():

@@ -203,11 +203,13 @@ PIXEL_BASELINE = AttackConfig(
 
 # Named starting points for `generate --preset`; every other option overrides them.
 PRESETS: dict[str, AttackConfig] = {
-    "natural": AttackConfig(),
-    # Every result within the naturalness limits: for rounds judged by people (README: Presets).
-    "subtle": AttackConfig(natural_limit=1.0),
-    # The mid and coarse texture bands grow to 1.5x in two more stages, for the images the
-    # default leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
+    # Every result within the naturalness limits: the contest's final round was judged by
+    # people (README: Presets).
+    "natural": AttackConfig(natural_limit=1.0),
+    # The same families and budget without the per-image limit, for rounds scored by models.
+    "bold": AttackConfig(),
+    # bold, with the mid and coarse texture bands growing to 1.5x in two more stages for the
+    # images it leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
     "strong": AttackConfig(stages=6, family_options={"texture": {
         band: getattr(TextureConfig(), band) * 1.5 for band in ("mid", "coarse")}}),
     "baseline": PIXEL_BASELINE,
@@ -215,12 +217,12 @@ PRESETS: dict[str, AttackConfig] = {
 PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail plus a mild global colour grade, "
                "staged per-image budget checked on the validation models, surrogate "
-               "gradients for transfer",
-    "subtle": "natural, but an image stops growing where its result would show as an edit "
-              "(--natural-limit 1): fewer held-out models fooled, every result within the "
-              "naturalness limits, the most that fool every eval model within them",
-    "strong": "natural with the texture's mid and coarse bands growing to 1.5x in two more "
-              "stages, for the images natural leaves unfooled: held-out success near the "
+               "gradients; an image stops growing where its result would show as an edit "
+               "(--natural-limit 1), so every result stays within the naturalness limits",
+    "bold": "natural without the per-image naturalness limit: more held-out models fooled, "
+            "about half the results past a naturalness limit; for rounds scored by models",
+    "strong": "bold with the texture's mid and coarse bands growing to 1.5x in two more "
+              "stages, for the images bold leaves unfooled: held-out success near the "
               "L-inf baseline's, more visible texture on those images",
     "baseline": "the contest teams' L-inf DI-MI-FGSM: 16/255, 80 steps, CW margin, DI p=0.7",
 }

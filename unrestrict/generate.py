@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .attack import AMP_DTYPES, AmpMode, Attack, AttackConfig, ImageResult
+from .attack import AMP_DTYPES, PRESETS, AmpMode, Attack, AttackConfig, ImageResult
 from .data import (
     ImageDataset,
     InputSet,
@@ -66,7 +66,7 @@ _RUNTIME_KEYS = {"batch_size", "num_workers", "limit", "save_params", "skip_bad"
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack: AttackConfig = field(default_factory=lambda: PRESETS["natural"])
     models: tuple[str, ...] = setting(DEFAULT_ATTACK_MODELS,
                                       "Attack ensemble (logits averaged).")
     val_models: tuple[str, ...] = setting(
