@@ -176,7 +176,8 @@ def generate_cmd(input_dir: Path, output_dir: Path, preset: str, **opts: Any) ->
 
     \b
     Examples:
-      unrestrict generate data/sample out/
+      unrestrict generate data/sample out/               # every result within the limits
+      unrestrict generate data/sample out/ --preset bold # more fooled, for model scoring
       unrestrict generate data/sample out/ --family texture --stages 3 --steps 20
       unrestrict generate data/sample base/ --preset baseline
       unrestrict generate dev/ out/ --models torchvision:resnet50,efficientnet_lite0 \\
