@@ -278,13 +278,20 @@ def frontier_table() -> str:
             out.append(f"| `{config}` | {meta['input']} ({n}) | {r['asr_per_model'][m] * n:.0f} | "
                        f"{r['lpips']:.3f} | {r['within_limits'] * n:.0f} | "
                        f"{r['natural_success'] * n:.0f} | {r['passes_per_image']:.0f} | "
-                       f"`{_commit_of(doc) or '-'}` |")
+                       f"`{_row_commit(r, doc) or '-'}` |")
     if not out:
         return ""
     intro = ("The frontier measured so far (`benchmarks/strength.py`, cross-arch protocol; each "
              "row at the commit of its table, so rows of different commits may differ by an "
              "image or two from a rerun):\n")
     return "\n".join([intro, *out])
+
+
+def _row_commit(row: dict, doc: dict) -> str | None:
+    """The commit a row was measured at: its own run's, for a row reused from an earlier one
+    (``--baseline-from``), else its table's."""
+    found = re.search(r"at commit `([0-9a-f]+)`", row.get("measured_by", ""))
+    return found[1] if found else _commit_of(doc)
 
 
 def _commit_of(doc: dict) -> str | None:

@@ -160,9 +160,6 @@ CONFIGS: dict[str, list[str]] = {
     "natural, mid+coarse as gain 1": _gain_only(1.0),
     "natural, mid+coarse as gain 1.5": _gain_only(1.5),
     "natural, cap 8, texture x4": ["--set", "texture.cap=8", *_texture_budget(4)],
-    # Rows of today's default (each image stopped at the naturalness limits) name its preset.
-    "natural, flat guard 4": ["--preset", "natural", "--set", "texture.flat_guard=4"],
-    "natural, flat guard 8": ["--preset", "natural", "--set", "texture.flat_guard=8"],
     # Results of configurations removed since keep their own commands in results/.
     "natural, old texture": ["--set", "texture.range_margin=0", "--set", "texture.mid=6.4",
                              "--set", "texture.coarse=6.4"],
@@ -206,7 +203,8 @@ CONFIGS: dict[str, list[str]] = {
         "--set", "color.curve=0.35", "--set", "color.channel_curve=0.1"],
 }
 # Rows without a preset of their own, but `natural`, predate the naturalness limit in the
-# default: they run the pre-limit default (now `--preset bold`) with their changes.
+# default: they run the pre-limit default (now `--preset bold`) with their changes. A row of
+# today's default names `--preset natural` itself.
 CONFIGS = {k: v if k == DEFAULT_CONFIG or "--preset" in v else ["--preset", "bold", *v]
            for k, v in CONFIGS.items()}
 DESCRIPTION = {
@@ -299,10 +297,6 @@ DESCRIPTION = {
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
                                   "limits",
-    "natural, flat guard 4": "the default (natural limit 1) with no texture change within 4 px "
-                             "of a flat pixel (7x7 luminance std below 3/255)",
-    "natural, flat guard 8": "the default (natural limit 1) with no texture change within 8 px "
-                             "of a flat pixel (7x7 luminance std below 3/255)",
     "natural, natural limit 1, seed 1": "`natural, natural limit 1` (the subtle preset) with "
                                         "another seed",
     "natural, natural limit 1, fine x0.5": "natural limit 1 with half the fine texture band's "

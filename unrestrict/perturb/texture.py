@@ -120,14 +120,6 @@ def _activity(luma: Tensor, lo: float, hi: float, detail_sigma: float = 0.0) -> 
     return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # hi == lo: a step
 
 
-def _near_flat(luma: Tensor, lo: float, radius: int) -> Tensor:
-    """0 within ``radius`` px of a flat pixel (7x7 luminance std below ``lo``), else 1: a
-    change beside a sky or a plain wall shows as a halo along the silhouette. (B, 1, H, W)."""
-    flat = (_local_std(luma) < lo).to(luma.dtype)
-    k = 2 * radius + 1
-    return 1 - F.max_pool2d(F.pad(flat, (radius,) * 4, mode="replicate"), k, stride=1)
-
-
 def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
     """How far each pixel sits from the extremes of its ``window`` neighbourhood, as a gate:
     0 at the local minimum or maximum, 1 once ``margin`` of the local range away from both.
@@ -169,8 +161,7 @@ def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
-               range_margin: float = 0.0, detail_sigma: float = 0.0,
-               flat_guard: int = 0) -> Tensor:
+               range_margin: float = 0.0, detail_sigma: float = 0.0) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -185,16 +176,12 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
             its band's full map; a pixel at either extreme gets none.
         detail_sigma: 0, or measure ``flat`` on the luminance minus its blur of this sigma
             (detail only), not on the luminance itself.
-        flat_guard: 0, or the distance (px) from the nearest flat pixel (``flat[0]``) within
-            which every map is 0.
 
     Returns:
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
     active = _activity(luma, *flat, detail_sigma)
-    if flat_guard > 0:
-        active = active * _near_flat(luma, flat[0], flat_guard)
     maps = []
     for _, (s0, s1), _ in bands:
         amp = _band_amplitude(luma, (s0, s1), density_scale)
@@ -243,9 +230,6 @@ class TextureConfig:
     # Gaussian sigma (px) of the blur subtracted from the luminance before flat_start/flat_full
     # measure it (0: the plain std, which counts smooth shading as activity).
     detail_sigma: float = 0.0
-    # Distance (px) from the nearest flat pixel (7x7 luminance std below flat_start) within
-    # which no band changes anything (0: off): silhouettes against a sky keep their edge.
-    flat_guard: int = 0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -360,8 +344,7 @@ class TextureFamily(Family):
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
         vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
-                          c.detail_sigma, c.flat_guard)
-               if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
+                          c.detail_sigma) if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
