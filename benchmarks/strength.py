@@ -211,8 +211,8 @@ DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
     "natural": "the default preset: texture + mild global grade, staged per-image budget, "
                "surrogate gradients, each image stopped at the naturalness limits",
-    "bold": "the default without the naturalness limit (the default until commit "
-            "`24cca80`; rows `natural, ...` of earlier tables ran it)",
+    "bold": "the default without the naturalness limit (the default before commit "
+            "`6a0f662`; rows `natural, ...` of earlier tables ran it)",
     "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
     "natural, seed 1": "the default with another seed: how far chance alone moves a row",
     "natural, seed 2": "the default with a third seed",
@@ -297,7 +297,7 @@ DESCRIPTION = {
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
                                   "limits",
-    "natural, natural limit 1, seed 1": "`natural, natural limit 1` (the subtle preset) with "
+    "natural, natural limit 1, seed 1": "`natural, natural limit 1` (today's natural preset) with "
                                         "another seed",
     "natural, natural limit 1, fine x0.5": "natural limit 1 with half the fine texture band's "
                                            "bound: the fine band is the added-detail measure's "
