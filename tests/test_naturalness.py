@@ -17,6 +17,7 @@ from unrestrict.naturalness import (
     flat_noise,
     global_color_fit,
     naturalness,
+    structure_change,
     tone_shift,
     worst_ratio,
 )
@@ -134,6 +135,51 @@ def test_tone_shift_sees_a_grade_and_not_grain(photos):
     assert (tone_shift(photos, noisy) < 0.5).all()
     assert (flat_noise(photos, noisy) > LIMITS["flat_noise"]).all() or \
         (detail_excess(photos, noisy)[0] > LIMITS["detail_excess"]).all()
+
+
+def _mid_band(x: torch.Tensor) -> torch.Tensor:
+    return (KF.gaussian_blur2d(x, (13, 13), (2.0, 2.0), border_type="reflect")
+            - KF.gaussian_blur2d(x, (31, 31), (5.0, 5.0), border_type="reflect"))
+
+
+def test_structure_change_sees_a_new_pattern_hidden_in_texture(photos):
+    # A mid-scale pattern as strong as the photo's own band where it has one (what a texture
+    # attack adds): no gain of the original's band explains it.
+    luma = photos.mean(1, keepdim=True)
+    amp = KF.gaussian_blur2d(_mid_band(luma) ** 2, (31, 31), (5.0, 5.0)).sqrt()
+    g = torch.Generator().manual_seed(0)
+    pattern = _mid_band(torch.randn(luma.shape, generator=g))
+    pattern = pattern / pattern.std()
+
+    def added(ratio: float) -> torch.Tensor:
+        return (photos + ratio * amp * pattern).clamp(0, 1)
+
+    mean, p99 = structure_change(photos, added(1.0))
+    assert (mean > LIMITS["structure_change"]).all(), mean
+    assert (p99 > LIMITS["structure_change_p99"]).all() and (p99 > mean).all()
+    # It grows with the pattern, and a faint one stays under both limits.
+    faint_mean, faint_p99 = structure_change(photos, added(0.15))
+    assert (faint_mean < mean / 3).all()
+    assert (faint_mean < LIMITS["structure_change"]).all()
+    assert (faint_p99 < LIMITS["structure_change_p99"]).all()
+
+
+def test_structure_change_leaves_sharpening_and_a_grade_alone(photos):
+    # Sharpening raises the contrast of the original's own detail: its pattern stays.
+    blur = KF.gaussian_blur2d(photos, (13, 13), (2.0, 2.0), border_type="reflect")
+    sharper = (photos + 0.5 * (photos - blur)).clamp(0, 1)
+    # Saturation moves each pixel's luminance by its hue, which the global colour map explains.
+    graded = KE.adjust_saturation(photos, 1.3).clamp(0, 1)
+    for edited in (sharper, graded):
+        mean, p99 = structure_change(photos, edited)
+        assert (mean < LIMITS["structure_change"] / 2).all(), mean
+        assert (p99 < LIMITS["structure_change_p99"]).all(), p99
+    # A new mid-scale pattern with the sharpening's RMS change shows far more.
+    g = torch.Generator().manual_seed(1)
+    pattern = _mid_band(torch.randn(photos[:, :1].shape, generator=g))
+    pattern = pattern * (sharper - photos).std() / pattern.std()
+    assert (structure_change(photos, (photos + pattern).clamp(0, 1))[0]
+            > 3 * structure_change(photos, sharper)[0]).all()
 
 
 def test_half_size_tone_shift_matches_full_size(photos):

@@ -92,7 +92,8 @@ def test_self_score_identities_with_real_weights(self_score):
     assert s["n_images"] == 24 and s["fid_full_rank"] is False
     assert s["score"] == pytest.approx(100 * s["asr"])
     for key in ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
-                "detail_excess_p95", "tone_shift", "lpips_alex"):
+                "detail_excess_p95", "tone_shift", "structure_change", "structure_change_p99",
+                "lpips_alex"):
         assert s[key] == 0.0, key
     assert s["within_limits"] == 1.0
     assert s["natural_success"] == pytest.approx(s["asr_all_models"])
@@ -121,18 +122,20 @@ def test_cli_outputs_json_csv_and_report(self_score, tmp_path, sample_dir):
     s = json.loads((tmp_path / "s.json").read_text())
     for key in ("asr", "fid", "lpips", "score", "n_images", "eval_models", "clean_accuracy",
                 "formula", "conventions", "versions", "color_drift", "color_drift_p95",
-                "flat_noise", "detail_excess", "detail_excess_p95", "tone_shift", "lpips_alex"):
+                "flat_noise", "detail_excess", "detail_excess_p95", "tone_shift",
+                "structure_change", "structure_change_p99", "lpips_alex"):
         assert key in s
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0].startswith("ImageId,TrueLabel,clean_pred[mobilenet_v2]")
     assert lines[0].endswith("lpips,lpips_alex,color_drift,color_drift_p95,flat_noise,"
-                             "detail_excess,detail_excess_p95,tone_shift,worst_ratio")
+                             "detail_excess,detail_excess_p95,tone_shift,structure_change,"
+                             "structure_change_p99,worst_ratio")
     assert len(lines) == 25
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Least natural results" in html and "Failures" in html
     assert Image.open(tmp_path / "rep" / "contact_sheet.png").size[0] > 500
     for line in ("score", "ASR", "colour drift", "flat-region noise", "added fine detail",
-                 "tone shift"):
+                 "tone shift", "reshaped structure"):
         assert line in out.output
 
 

@@ -23,7 +23,8 @@ __all__ = ["write_report", "class_names", "rank_least_natural", "contact_sheet",
 
 THUMB = 256
 _LABELS = {"color_drift": "drift", "color_drift_p95": "drift p95", "flat_noise": "flat noise",
-           "detail_excess": "detail", "detail_excess_p95": "detail p95", "tone_shift": "tone"}
+           "detail_excess": "detail", "detail_excess_p95": "detail p95", "tone_shift": "tone",
+           "structure_change": "structure", "structure_change_p99": "structure p99"}
 
 
 def class_names() -> list[str]:
@@ -92,8 +93,9 @@ def _captions(im: ImageScore, names: list[str]) -> list[str]:
     first = names[im.adv_pred[0]][:22] if im.adv_pred else ""
     return [f"{im.image_id}  LPIPS {im.lpips:.3f}  worst/limit {im.worst_ratio:.2f}",
             f"drift {n['color_drift']:.1f}/{n['color_drift_p95']:.1f}  flat "
-            f"{n['flat_noise']:.1f}  detail {n['detail_excess']:.2f}/{n['detail_excess_p95']:.2f}"
-            f"  tone {n['tone_shift']:.1f}",
+            f"{n['flat_noise']:.1f}  tone {n['tone_shift']:.1f}",
+            f"detail {n['detail_excess']:.2f}/{n['detail_excess_p95']:.2f}  structure "
+            f"{n['structure_change']:.2f}/{n['structure_change_p99']:.2f}",
             f"{names[im.label][:22]} -> {first}"]
 
 
