@@ -276,7 +276,7 @@ def frontier_table() -> str:
                    "| commit |", "|---|---|---|---|---|---|---|---|"]
         for config, (r, doc) in sorted(found.items(), key=lambda kv: kv[1][0]["asr_per_model"][m]):
             out.append(f"| `{config}` | {meta['input']} ({n}) | {r['asr_per_model'][m] * n:.0f} | "
-                       f"{r['lpips']:.3f} | {r['within_limits'] * n:.0f} | "
+                       f"{r['lpips']:.3f} | {_within(r, n)} | "
                        f"{r['natural_success'] * n:.0f} | {r['passes_per_image']:.0f} | "
                        f"`{_row_commit(r, doc) or '-'}` |")
     if not out:
@@ -285,6 +285,13 @@ def frontier_table() -> str:
              "row at the commit of its table, so rows of different commits may differ by an "
              "image or two from a rerun):\n")
     return "\n".join([intro, *out])
+
+
+def _within(row: dict, n: int) -> str:
+    """Images within every limit; a row measured before reshaped structure was a measure
+    says it counted four."""
+    count = f"{row['within_limits'] * n:.0f}"
+    return count if "structure_change" in row else f"{count} (four measures)"
 
 
 def _row_commit(row: dict, doc: dict) -> str | None:

@@ -343,7 +343,8 @@ DESCRIPTION = {
                                                       "(with per-channel curves) + style",
 }
 NATURAL_KEYS = ("color_drift", "color_drift_p95", "flat_noise", "detail_excess",
-                "detail_excess_p95", "tone_shift", "within_limits", "natural_success")
+                "detail_excess_p95", "tone_shift", "structure_change", "structure_change_p99",
+                "within_limits", "natural_success")
 
 
 def _quoted(command: str) -> str:
@@ -380,7 +381,8 @@ def contact_sheet(input_dir: Path, out: Path, per_image: Path, path: Path,
         cells.append((*thumbnails(input_dir, out, r["ImageId"], thumb), [
             f"{r['ImageId']}  fooled {r['fooled_models']}  LPIPS {float(r['lpips']):.3f}",
             f"drift {float(r['color_drift_p95']):.1f}  flat {float(r['flat_noise']):.1f}  "
-            f"detail {float(r['detail_excess_p95']):.2f}  tone {float(r['tone_shift']):.1f}"]))
+            f"detail {float(r['detail_excess_p95']):.2f}  tone {float(r['tone_shift']):.1f}  "
+            f"structure {float(r['structure_change_p99']):.2f}"]))
     sheet(cells, path, thumb=thumb, cols=4, quality=88)
 
 
@@ -511,7 +513,8 @@ def _print_row(row: dict) -> None:
     print(f"{row['config']:>22}: ASR {per}  LPIPS {row['lpips']:.4f}  drift "
           f"{row['color_drift']:.2f}/{row['color_drift_p95']:.2f}  flat "
           f"{row['flat_noise']:.2f}  detail {row['detail_excess']:.3f}/"
-          f"{row['detail_excess_p95']:.3f}  tone {row['tone_shift']:.2f}  passes "
+          f"{row['detail_excess_p95']:.3f}  tone {row['tone_shift']:.2f}  structure "
+          f"{row['structure_change']:.2f}/{row['structure_change_p99']:.2f}  passes "
           f"{row['passes_per_image']}  {row['seconds_per_image']:.2f} s/img", flush=True)
 
 
@@ -566,6 +569,11 @@ def render(meta: dict, rows: list[dict]) -> str:
     def opt(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    def structure(r: dict) -> str:
+        if "structure_change" not in r:
+            return "-"
+        return f"{r['structure_change']:.2f} / {r['structure_change_p99']:.2f}"
+
     proto = PROTOCOLS[meta["protocol"]]
     md = [f"### Strength and naturalness, {meta['protocol']} protocol ({meta['input']}, "
           f"{n} images)\n",
@@ -577,8 +585,9 @@ def render(meta: dict, rows: list[dict]) -> str:
           "model after the JPEG round trip, as `generate` reported it. Naturalness (see README): "
           "colour drift in delta E (mean / p95 over pixels; limits 1.5 / 3), flat-region noise in "
           "0-255 RMS (limit 1.2), added fine detail (mean / p95 over blocks; limits 0.3 / 0.6), "
-          "tone shift in delta L* (limit 3; `-` where a row predates the measure, and its "
-          "`natural` columns then leave it out); "
+          "tone shift in delta L* (limit 3), reshaped structure (mean / p99 over blocks; limits "
+          "0.2 / 0.5) (`-` where a row predates a measure, and its `natural` columns then leave "
+          "it out); "
           "`natural` is the share of images within every limit, `fooled+natural` the share that "
           "fool every held-out model and stay within every limit. FID from "
           f"{n} images is rank-deficient and biased upwards: compare it between rows only. "
@@ -588,9 +597,9 @@ def render(meta: dict, rows: list[dict]) -> str:
           "predates the column).\n",
           "| config | " + " | ".join(f"ASR {m}" for m in evals) + " | missed (photos) | "
           "budget check | LPIPS | "
-          "drift | flat noise | detail | tone | natural | fooled+natural | FID (biased) | "
-          "no-FID score | vs baseline | passes | s/img |",
-          "|---" * (len(evals) + 15) + "|"]
+          "drift | flat noise | detail | tone | structure | natural | fooled+natural | "
+          "FID (biased) | no-FID score | vs baseline | passes | s/img |",
+          "|---" * (len(evals) + 16) + "|"]
     for r in rows:
         asr = " | ".join(f"{r['asr_per_model'][m]:.3f}" for m in evals)
         miss = (f"{r['missed_images']} ({r['missed_photos']})" if "missed_images" in r
@@ -600,7 +609,7 @@ def render(meta: dict, rows: list[dict]) -> str:
             f"{r['lpips']:.4f} | "
             f"{r['color_drift']:.2f} / {r['color_drift_p95']:.2f} | {r['flat_noise']:.2f} | "
             f"{r['detail_excess']:.3f} / {r['detail_excess_p95']:.3f} | "
-            f"{opt(r.get('tone_shift'), '.2f')} | "
+            f"{opt(r.get('tone_shift'), '.2f')} | {structure(r)} | "
             f"{r['within_limits']:.3f} | {r['natural_success']:.3f} | {r['fid']:.1f} | "
             f"{r['score_no_fid']:.2f} | {ratio('score_no_fid', r)} | "
             f"{opt(r.get('passes_per_image'), '.0f')} | {r['seconds_per_image']:.2f} |")
