@@ -196,6 +196,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural + light 0.05": ["--family", "texture,style,color", "--set", "style.matrix=0",
                              "--set", "style.offset=0", "--set", "style.detail=0",
                              "--set", "style.exposure=0.05"],
+    "natural preset, mid+coarse as gain 1": ["--preset", "natural", *_gain_only(1.0)],
+    "natural preset, mid+coarse as gain 0.5": ["--preset", "natural", *_gain_only(0.5)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -339,6 +341,10 @@ DESCRIPTION = {
                             "stages) stopping at a validation margin of 3, not 5",
     "natural + light 0.05": "the default plus the style family's dodge and burn alone, "
                             "exposure within +-5%",
+    "natural preset, mid+coarse as gain 1": "today's default, the mid and coarse bands only as a "
+                                            "local gain of up to +-1 of the original's own band",
+    "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
+                                              "within +-0.5",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
