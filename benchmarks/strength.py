@@ -197,6 +197,7 @@ CONFIGS: dict[str, list[str]] = {
                              "--set", "style.offset=0", "--set", "style.detail=0",
                              "--set", "style.exposure=0.05"],
     "natural preset, mid+coarse as gain 1": ["--preset", "natural", *_gain_only(1.0)],
+    "natural preset, limit continue": ["--preset", "natural", "--limit-continue"],
     "natural preset, mid+coarse as gain 0.5": ["--preset", "natural", *_gain_only(0.5)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
@@ -343,6 +344,8 @@ DESCRIPTION = {
                             "exposure within +-5%",
     "natural preset, mid+coarse as gain 1": "today's default, the mid and coarse bands only as a "
                                             "local gain of up to +-1 of the original's own band",
+    "natural preset, limit continue": "today's default, an image stopped at the limits going "
+                                      "on through the remaining stages at its limited budget",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "

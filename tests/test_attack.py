@@ -225,6 +225,13 @@ def test_natural_limit_stops_and_scales_back_results_that_show_as_edits(mobilene
         assert worst_ratio(naturalness(img[None], f.decoded[None].float() / 255)[0]) > 1
         assert r.decision == "limited" and r.passes == 3 and r.strength <= 0.25
         assert worst_ratio(naturalness(img[None], r.decoded[None].float() / 255)[0]) <= 1
+    # limit_continue: the stopped images go on through the remaining stages, their budget
+    # held where the limits put it, and still end within the limits.
+    held = Attack(replace(cfg, limit_continue=True), mobilenet, val=mobilenet).run(x, y)
+    for img, r, h in zip(x, limited, held, strict=True):
+        assert h.decision == "limited" and h.passes == 12
+        assert h.strength <= r.strength + 1e-6
+        assert worst_ratio(naturalness(img[None], h.decoded[None].float() / 255)[0]) <= 1
     with pytest.raises(ValueError, match="natural_limit"):
         AttackConfig(natural_limit=-1)
 

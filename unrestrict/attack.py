@@ -149,6 +149,9 @@ class AttackConfig:
                                         "multiple of its limit (1: the limits themselves), "
                                         "even if the validation models are not fooled; "
                                         "0 = off.")
+    limit_continue: bool = setting(False, "With natural_limit: an image stopped at the limits "
+                                          "keeps optimising in the remaining stages at its "
+                                          "limited budget, instead of ending there.")
     on_failure: FailurePolicy = setting(
         "strongest", "What an image that never fools the validation models gets.",
         FAILURE_POLICIES)
@@ -537,42 +540,53 @@ class Attack:
         fallback: list[tuple[_Candidate, dict[str, Tensor], float] | None] = [None] * n
         results: list[ImageResult | None] = [None] * n
         levels = [(k + 1) / cfg.stages for k in range(cfg.stages)]
-        prev_level = 0.0
+        prev = torch.zeros(b)  # each image's strength in the stage before (CPU)
+        # With limit_continue: the budget an image stopped at the limits keeps (inf: none).
+        cap = torch.full((b,), math.inf, device=self.device)
         active = torch.arange(n, device=self.device)
         for level in levels:
-            strength[active] = level
+            strength[active] = cap[active].clamp(max=level)
             for _ in range(cfg.steps):
                 self._step(x_work, params, velocity, y, active, strength, generators, prepared,
                            guide)
             passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)
+            now = strength[active].cpu()
             scales = [1.0] * len(cands)
             won = [j for j, c in enumerate(cands) if c.fooled]
             if won and cfg.refine:
                 w = torch.tensor(won, device=self.device)
                 won_params = {k: v[w] for k, v in sub.items()}
                 t, best = self._refine(x[active][w], y[active][w], won_params,
-                                       prev_level / level, [cands[j] for j in won])
+                                       prev[active.cpu()][won] / now[won],
+                                       [cands[j] for j in won])
                 for j, tj, c in zip(won, t, best, strict=True):
                     scales[j], cands[j] = tj, c
             limited = self._limit(x[active], y[active], sub, scales, cands)
             last = level == levels[-1]
+            keep = []
             for j, c in enumerate(cands):
                 i = int(active[j])
                 p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
-                if j in limited or c.fooled:
-                    decision: Decision = "limited" if j in limited else "minimal"
-                    results[i] = self._result(c, p_j, level * scales[j], decision)
+                capped = bool(cap[i] < math.inf) or j in limited
+                if c.fooled or (j in limited and (last or not cfg.limit_continue)) or \
+                        (capped and last):
+                    decision: Decision = "limited" if capped else "minimal"
+                    results[i] = self._result(c, p_j, float(now[j]) * scales[j], decision)
+                    keep.append(False)
                     continue
+                if j in limited:  # go on optimising within the budget the limits allow
+                    for k in params:
+                        params[k][i] *= scales[j]
+                    cap[i] = float(now[j]) * scales[j]
                 if c.ens_fooled and fallback[i] is None:
                     fallback[i] = (c, p_j, level)
                 if last:
                     results[i] = self._failure(x[i], y[i], c, p_j, level, fallback[i])
-            keep = torch.tensor([not (c.fooled or last or j in limited)
-                                 for j, c in enumerate(cands)], device=self.device)
-            active = active[keep]
-            prev_level = level
+                keep.append(not last)
+            prev[active.cpu()] = now * torch.tensor(scales)
+            active = active[torch.tensor(keep, dtype=torch.bool, device=self.device)]
             if len(active) == 0:
                 break
         assert all(r is not None for r in results)
@@ -653,7 +667,7 @@ class Attack:
         )
 
     def _refine(
-        self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: float,
+        self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: Tensor,
         found: list[_Candidate],
     ) -> tuple[list[float], list[_Candidate]]:
         """Shrink successful parameters towards the identity by bisection on a scale t.
@@ -663,7 +677,7 @@ class Attack:
         and ``best`` the candidate rendered at it (``found`` at t = 1).
         """
         n = x.shape[0]
-        lo = torch.full((n,), floor)
+        lo = floor.float().clone()  # (n,): each image's smallest scale worth trying
         hi = torch.ones(n)
         best = list(found)
         for _ in range(self.config.refine):
