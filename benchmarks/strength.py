@@ -198,6 +198,13 @@ CONFIGS: dict[str, list[str]] = {
                              "--set", "style.exposure=0.05"],
     "natural preset, mid+coarse as gain 1": ["--preset", "natural", *_gain_only(1.0)],
     "natural preset, limit continue": ["--preset", "natural", "--limit-continue"],
+    "natural preset, fine x2": ["--preset", "natural", "--set", "texture.fine=6.4"],
+    "natural preset, fine x2, mid+coarse x0.5": [
+        "--preset", "natural", "--set", "texture.fine=6.4", "--set", "texture.mid=4",
+        "--set", "texture.coarse=4"],
+    "natural preset + light 0.05": ["--preset", "natural", "--family", "texture,style,color",
+                                    "--set", "style.matrix=0", "--set", "style.offset=0",
+                                    "--set", "style.detail=0", "--set", "style.exposure=0.05"],
     "natural preset, mid+coarse as gain 0.5": ["--preset", "natural", *_gain_only(0.5)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
@@ -346,6 +353,11 @@ DESCRIPTION = {
                                             "local gain of up to +-1 of the original's own band",
     "natural preset, limit continue": "today's default, an image stopped at the limits going "
                                       "on through the remaining stages at its limited budget",
+    "natural preset, fine x2": "today's default, the fine band's bound doubled (3.2 to 6.4)",
+    "natural preset, fine x2, mid+coarse x0.5": "today's default, the fine band's bound doubled, "
+                                                "the mid and coarse bands' halved",
+    "natural preset + light 0.05": "today's default plus the style family's dodge and burn "
+                                   "alone, exposure within +-5%",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
