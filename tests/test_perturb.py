@@ -623,21 +623,17 @@ def test_texture_gain_scales_the_originals_band_and_keeps_its_edges_in_place():
     import kornia.color as KC
 
     from unrestrict.perturb.base import upsample_field
-    from unrestrict.perturb.texture import _activity, _blur, _coherence, _range_position
+    from unrestrict.perturb.texture import _activity, _blur, _range_position
 
     x = _photo() * 0.6 + 0.2  # away from 0 and 1: no clamping
-    options = {"fine": 0.0, "mid": 0.0, "coarse": 0.0, "gain_mid": 0.8}
-    comp = compose(["texture"], {"texture": options})
+    comp = compose(["texture"], {"texture": {"fine": 0.0, "mid": 0.0, "coarse": 0.0,
+                                             "gain_mid": 0.8}})
     params = _rand_params(comp, x, 0.5)
     assert set(params) == {"texture.mid_gain"}
     delta = comp.apply(x, params) - x
     luma = KC.rgb_to_grayscale(x)
     band = (_blur(luma, 2.0) - _blur(luma, 4.0)) * _activity(luma, 3 / 255, 8 / 255) \
-        * _range_position(luma, 9, 0.2) * (1 - _coherence(luma, 2.0, 8.0))
-    # Straight edges shrink the gain as they shrink the maps (a halo along a silhouette):
-    # without that factor the same parameters change more.
-    unshrunk = compose(["texture"], {"texture": {**options, "edge_power": 0.0}})
-    assert (unshrunk.apply(x, params) - x).abs().sum() > 1.05 * delta.abs().sum()
+        * _range_position(luma, 9, 0.2)
     # At most gain x level of the original's own band, pixel by pixel: zero where the band
     # crosses zero (where its edges lie), on flats and on plateaus at the local extremes
     # (the flat sides of an edge: no halo); hue kept.

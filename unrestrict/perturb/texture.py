@@ -247,8 +247,7 @@ class TextureConfig:
     # Largest local gain of the original's own band of luminance (0: off): the change
     # gain(x) * band(x), with the gain a smooth field on the band's grid. It is zero wherever
     # the band crosses zero, where its edges lie, so it changes their contrast, not their
-    # place (a local clarity or softening edit). Shrunk on straight edges as the maps are
-    # (``edge_power``): a gain on a silhouette draws a halo along it.
+    # place (a local clarity or softening edit), however strong the edge.
     gain_fine: float = 0.0
     gain_mid: float = 0.0
     gain_coarse: float = 0.0
@@ -367,8 +366,6 @@ class TextureFamily(Family):
             bands = []
             for _, (s0, s1), _ in gains.values():
                 band = (_blur(luma, s0) - _blur(luma, s1)) * active
-                if c.edge_power > 0:  # a straight edge's contrast is seen: no halo along it
-                    band = band * (1 - _coherence(luma, s0, 2 * s1)) ** c.edge_power
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
                 bands.append(band)
