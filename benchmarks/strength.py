@@ -93,6 +93,13 @@ def _grade_budget(scale: float) -> list[str]:
     return [a for k, v in OLD_GRADE.items() for a in ("--set", f"color.{k}={round(v * scale, 4)}")]
 
 
+# The natural preset before its texture moved to the fine band (commit after `5c8b5b3`):
+# rows measured against it keep their meaning.
+OLD_NATURAL = ["--preset", "natural", "--set", "texture.fine=3.2", "--set", "texture.mid=8",
+               "--set", "texture.coarse=8"]
+OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"
+
+
 CONFIGS: dict[str, list[str]] = {
     "baseline": ["--preset", "baseline"],
     "natural": [],
@@ -196,16 +203,16 @@ CONFIGS: dict[str, list[str]] = {
     "natural + light 0.05": ["--family", "texture,style,color", "--set", "style.matrix=0",
                              "--set", "style.offset=0", "--set", "style.detail=0",
                              "--set", "style.exposure=0.05"],
-    "natural preset, mid+coarse as gain 1": ["--preset", "natural", *_gain_only(1.0)],
-    "natural preset, limit continue": ["--preset", "natural", "--limit-continue"],
-    "natural preset, fine x2": ["--preset", "natural", "--set", "texture.fine=6.4"],
+    "natural preset, mid+coarse as gain 1": [*OLD_NATURAL, *_gain_only(1.0)],
+    "natural preset, limit continue": [*OLD_NATURAL, "--limit-continue"],
+    "natural preset, fine x2": [*OLD_NATURAL, "--set", "texture.fine=6.4"],
     "natural preset, fine x2, mid+coarse x0.5": [
         "--preset", "natural", "--set", "texture.fine=6.4", "--set", "texture.mid=4",
         "--set", "texture.coarse=4"],
-    "natural preset + light 0.05": ["--preset", "natural", "--family", "texture,style,color",
+    "natural preset + light 0.05": [*OLD_NATURAL, "--family", "texture,style,color",
                                     "--set", "style.matrix=0", "--set", "style.offset=0",
                                     "--set", "style.detail=0", "--set", "style.exposure=0.05"],
-    "natural preset, mid+coarse as gain 0.5": ["--preset", "natural", *_gain_only(0.5)],
+    "natural preset, mid+coarse as gain 0.5": [*OLD_NATURAL, *_gain_only(0.5)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -219,10 +226,12 @@ CONFIGS = {k: v if k == DEFAULT_CONFIG or "--preset" in v else ["--preset", "bol
            for k, v in CONFIGS.items()}
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
-    "natural": "the default preset: texture + mild global grade, staged per-image budget, "
-               "surrogate gradients, each image stopped at the naturalness limits",
-    "bold": "the default without the naturalness limit (the default before commit "
-            "`6a0f662`; rows `natural, ...` of earlier tables ran it)",
+    "natural": "the default preset: texture (fine 6.4, mid and coarse 4) + mild global "
+               "grade, staged per-image budget, surrogate gradients, each image stopped at "
+               "the naturalness limits",
+    "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) without the "
+            "naturalness limit (the default before commit `6a0f662`; rows `natural, ...` of "
+            "earlier tables ran it)",
     "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
     "natural, seed 1": "the default with another seed: how far chance alone moves a row",
     "natural, seed 2": "the default with a third seed",
@@ -349,15 +358,18 @@ DESCRIPTION = {
                             "stages) stopping at a validation margin of 3, not 5",
     "natural + light 0.05": "the default plus the style family's dodge and burn alone, "
                             "exposure within +-5%",
-    "natural preset, mid+coarse as gain 1": "today's default, the mid and coarse bands only as a "
-                                            "local gain of up to +-1 of the original's own band",
-    "natural preset, limit continue": "today's default, an image stopped at the limits going "
-                                      "on through the remaining stages at its limited budget",
-    "natural preset, fine x2": "today's default, the fine band's bound doubled (3.2 to 6.4)",
-    "natural preset, fine x2, mid+coarse x0.5": "today's default, the fine band's bound doubled, "
-                                                "the mid and coarse bands' halved",
-    "natural preset + light 0.05": "today's default plus the style family's dodge and burn "
-                                   "alone, exposure within +-5%",
+    "natural preset, mid+coarse as gain 1":
+        OLD_NATURAL_TEXT + ", the mid and coarse bands only as a local gain of up to +-1 of "
+        "the original's own band",
+    "natural preset, limit continue":
+        OLD_NATURAL_TEXT + ", an image stopped at the limits going on through the remaining "
+        "stages at its limited budget",
+    "natural preset, fine x2": OLD_NATURAL_TEXT + ", the fine band's bound doubled (to 6.4)",
+    "natural preset, fine x2, mid+coarse x0.5":
+        OLD_NATURAL_TEXT + ", the fine band's bound doubled, the mid and coarse bands' halved "
+        "(today's natural preset)",
+    "natural preset + light 0.05":
+        OLD_NATURAL_TEXT + " plus the style family's dodge and burn alone, exposure within +-5%",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "

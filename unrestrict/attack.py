@@ -207,8 +207,11 @@ PIXEL_BASELINE = AttackConfig(
 # Named starting points for `generate --preset`; every other option overrides them.
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
-    # people (README: Presets).
-    "natural": AttackConfig(natural_limit=1.0),
+    # people. Under them the reshaped-structure limit binds, which the mid and coarse bands
+    # reach and the fine band does not: the budget moves to the fine band (README: Presets).
+    "natural": AttackConfig(natural_limit=1.0, family_options={"texture": {
+        "fine": TextureConfig().fine * 2, "mid": TextureConfig().mid / 2,
+        "coarse": TextureConfig().coarse / 2}}),
     # The same families and budget without the per-image limit, for rounds scored by models.
     "bold": AttackConfig(),
     # bold, with the mid and coarse texture bands growing to 1.5x in two more stages for the
@@ -218,12 +221,14 @@ PRESETS: dict[str, AttackConfig] = {
     "baseline": PIXEL_BASELINE,
 }
 PRESET_HELP: dict[str, str] = {
-    "natural": "texture hidden in the original's own detail plus a mild global colour grade, "
-               "staged per-image budget checked on the validation models, surrogate "
-               "gradients; an image stops growing where its result would show as an edit "
-               "(--natural-limit 1), so every result stays within the naturalness limits",
-    "bold": "natural without the per-image naturalness limit: more held-out models fooled, "
-            "about half the results past a naturalness limit; for rounds scored by models",
+    "natural": "texture hidden in the original's own detail (fine band 6.4, mid and coarse "
+               "4) plus a mild global colour grade, staged per-image budget checked on the "
+               "validation models, surrogate gradients; an image stops growing where its "
+               "result would show as an edit (--natural-limit 1), so every result stays "
+               "within the naturalness limits",
+    "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) without the "
+            "per-image naturalness limit: far more held-out models fooled, nearly every "
+            "result past the reshaped-structure limit; for rounds scored by models",
     "strong": "bold with the texture's mid and coarse bands growing to 1.5x in two more "
               "stages, for the images bold leaves unfooled: held-out success near the "
               "L-inf baseline's, more visible texture on those images",
