@@ -213,6 +213,8 @@ CONFIGS: dict[str, list[str]] = {
                                     "--set", "style.matrix=0", "--set", "style.offset=0",
                                     "--set", "style.detail=0", "--set", "style.exposure=0.05"],
     "natural preset, mid+coarse as gain 0.5": [*OLD_NATURAL, *_gain_only(0.5)],
+    "natural preset, seed 1": ["--preset", "natural", "--seed", "1"],
+    "old natural preset, seed 1": [*OLD_NATURAL, "--seed", "1"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -370,6 +372,8 @@ DESCRIPTION = {
         "(today's natural preset)",
     "natural preset + light 0.05":
         OLD_NATURAL_TEXT + " plus the style family's dodge and burn alone, exposure within +-5%",
+    "natural preset, seed 1": "today's natural preset with another seed",
+    "old natural preset, seed 1": OLD_NATURAL_TEXT + ", with another seed",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
