@@ -235,9 +235,8 @@ def presets_table() -> str:
         for preset, config in presets:
             r = by[config]
             fooled = " | ".join(f"{r['asr_per_model'][m] * n:.0f}" for m in evals)
-            four = "" if "structure_change" in r else " (four measures)"
             out.append(f"| `{preset}` | {meta['input']} ({n}) | {fooled} | {r['lpips']:.3f} | "
-                       f"{_within(r, n)} | {r['natural_success'] * n:.0f}{four} |")
+                       f"{_within(r, n)} | {r['natural_success'] * n:.0f} |")
     if not out:
         return ""
     rows = " and ".join(f"`{p}` the row `{r}`" for p, r in presets if p != r)

@@ -93,8 +93,8 @@ def _grade_budget(scale: float) -> list[str]:
     return [a for k, v in OLD_GRADE.items() for a in ("--set", f"color.{k}={round(v * scale, 4)}")]
 
 
-# The natural preset before its texture moved to the fine band (commit after `5c8b5b3`):
-# rows measured against it keep their meaning.
+# The natural preset before `00b6644` moved its texture to the fine band: rows measured
+# against it keep their meaning.
 OLD_NATURAL = ["--preset", "natural", "--set", "texture.fine=3.2", "--set", "texture.mid=8",
                "--set", "texture.coarse=8"]
 OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"

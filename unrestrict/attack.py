@@ -205,30 +205,34 @@ PIXEL_BASELINE = AttackConfig(
 )
 
 # Named starting points for `generate --preset`; every other option overrides them.
+_TEXTURE = TextureConfig()
+# natural's texture: the fine band gets the budget, as reshaped structure (the mid band's
+# scale) is the naturalness limit that binds (README: Presets).
+_FINE_TEXTURE = {"fine": _TEXTURE.fine * 2, "mid": _TEXTURE.mid / 2,
+                 "coarse": _TEXTURE.coarse / 2}
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
-    # people. Under them the reshaped-structure limit binds, which the mid and coarse bands
-    # reach and the fine band does not: the budget moves to the fine band (README: Presets).
-    "natural": AttackConfig(natural_limit=1.0, family_options={"texture": {
-        "fine": TextureConfig().fine * 2, "mid": TextureConfig().mid / 2,
-        "coarse": TextureConfig().coarse / 2}}),
-    # The same families and budget without the per-image limit, for rounds scored by models.
+    # people.
+    "natural": AttackConfig(natural_limit=1.0, family_options={"texture": _FINE_TEXTURE}),
+    # natural's families with the texture family's own bounds and without the per-image
+    # limit, for rounds scored by models.
     "bold": AttackConfig(),
     # bold, with the mid and coarse texture bands growing to 1.5x in two more stages for the
     # images it leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
     "strong": AttackConfig(stages=6, family_options={"texture": {
-        band: getattr(TextureConfig(), band) * 1.5 for band in ("mid", "coarse")}}),
+        band: getattr(_TEXTURE, band) * 1.5 for band in ("mid", "coarse")}}),
     "baseline": PIXEL_BASELINE,
 }
 PRESET_HELP: dict[str, str] = {
-    "natural": "texture hidden in the original's own detail (fine band 6.4, mid and coarse "
-               "4) plus a mild global colour grade, staged per-image budget checked on the "
-               "validation models, surrogate gradients; an image stops growing where its "
-               "result would show as an edit (--natural-limit 1), so every result stays "
-               "within the naturalness limits",
-    "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) without the "
-            "per-image naturalness limit: far more held-out models fooled, nearly every "
-            "result past the reshaped-structure limit; for rounds scored by models",
+    "natural": "texture hidden in the original's own detail (fine band {fine:g}, mid "
+               "{mid:g}, coarse {coarse:g}) plus a mild global colour grade, staged per-image "
+               "budget checked on the validation models, surrogate gradients; an image stops "
+               "growing where its result would show as an edit (--natural-limit 1), so every "
+               "result stays within the naturalness limits".format(**_FINE_TEXTURE),
+    "bold": f"the texture family's own bounds (fine {_TEXTURE.fine:g}, mid {_TEXTURE.mid:g}, "
+            f"coarse {_TEXTURE.coarse:g}) without the per-image naturalness limit: far more "
+            "held-out models fooled, nearly every result past the reshaped-structure limit; "
+            "for rounds scored by models",
     "strong": "bold with the texture's mid and coarse bands growing to 1.5x in two more "
               "stages, for the images bold leaves unfooled: held-out success near the "
               "L-inf baseline's, more visible texture on those images",
