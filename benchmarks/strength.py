@@ -215,6 +215,15 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, mid+coarse as gain 0.5": [*OLD_NATURAL, *_gain_only(0.5)],
     "natural preset, seed 1": ["--preset", "natural", "--seed", "1"],
     "old natural preset, seed 1": [*OLD_NATURAL, "--seed", "1"],
+    # Transfer tricks on today's natural preset, ranked under its five limits.
+    "natural preset, 2 copies": ["--preset", "natural", "--copies", "2"],
+    "natural preset, 40 steps": ["--preset", "natural", "--steps", "40"],
+    "natural preset, 2 copies di+scale": ["--preset", "natural", "--copies", "2",
+                                          "--augment", "di,scale"],
+    "natural preset, 2 copies di+blocks": ["--preset", "natural", "--copies", "2",
+                                           "--augment", "di,blocks"],
+    "natural preset, spectrum": ["--preset", "natural", "--augment", "di,spectrum"],
+    "natural preset, feature loss": ["--preset", "natural", "--feature-weight", "10"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -376,6 +385,18 @@ DESCRIPTION = {
     "old natural preset, seed 1": OLD_NATURAL_TEXT + ", with another seed",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
+    "natural preset, 2 copies": "today's natural preset with 2 DI copies per step (2 passes "
+                                "a step)",
+    "natural preset, 40 steps": "today's natural preset with 40 steps a stage: the passes of 2 "
+                                "copies, spent in time",
+    "natural preset, 2 copies di+scale": "today's natural preset, 2 copies per step, each DI "
+                                         "then an intensity scale 2^-k",
+    "natural preset, 2 copies di+blocks": "today's natural preset, 2 copies per step, each DI "
+                                          "then a 2x2 block shuffle",
+    "natural preset, spectrum": "today's natural preset, one copy per step, DI then spectrum "
+                                "simulation (SSA-like)",
+    "natural preset, feature loss": "today's natural preset plus the FIA feature-importance "
+                                    "loss on the attack model's middle rectifier, weight 10",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
