@@ -224,6 +224,10 @@ CONFIGS: dict[str, list[str]] = {
                                            "--augment", "di,blocks"],
     "natural preset, spectrum": ["--preset", "natural", "--augment", "di,spectrum"],
     "natural preset, feature loss": ["--preset", "natural", "--feature-weight", "10"],
+    "natural preset, structure cap 4": ["--preset", "natural", "--set", "texture.structure_cap=4"],
+    "natural preset, structure cap 8": ["--preset", "natural", "--set", "texture.structure_cap=8"],
+    "natural preset, structure cap 16": ["--preset", "natural", "--set",
+                                         "texture.structure_cap=16"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -397,6 +401,11 @@ DESCRIPTION = {
                                 "simulation (SSA-like)",
     "natural preset, feature loss": "today's natural preset plus the FIA feature-importance "
                                     "loss on the attack model's middle rectifier, weight 10",
+    "natural preset, structure cap 4": "today's natural preset, the texture bands' summed bound "
+                                       "at most 4x the original's own mid-scale structure "
+                                       "(DoG 2/5 px RMS over ~16 px, +1/255)",
+    "natural preset, structure cap 8": "as `natural preset, structure cap 4`, at 8x",
+    "natural preset, structure cap 16": "as `natural preset, structure cap 4`, at 16x",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }

@@ -749,3 +749,39 @@ def test_texture_flat_ramp_must_rise():
         compose(["texture"], {"texture": {"range_margin": "0.6"}})
     with pytest.raises(ConfigError, match="detail_sigma"):
         compose(["texture"], {"texture": {"detail_sigma": "-1"}})
+
+
+def test_texture_structure_cap_shrinks_the_change_where_the_original_has_no_mid_scale_pattern():
+    from unrestrict.naturalness import structure_change
+    from unrestrict.perturb.base import blur_field
+
+    g = torch.Generator().manual_seed(0)
+    grain = torch.rand(1, 1, 128, 128, generator=g) - 0.5
+    grain = (grain - blur_field(grain, 1.0)) * 0.6
+    blobs = blur_field(torch.rand(1, 1, 128, 128, generator=g) - 0.5, 3.0)
+    blobs = blobs / blobs.abs().amax() * 0.3
+    # Top: per-pixel grain only (fine band, hardly any 2-5 px pattern); bottom: the same grain
+    # over a mid-scale pattern of blobs.
+    x = (0.5 + grain + torch.cat([torch.zeros(1, 1, 64, 128), blobs[..., 64:, :]], 2))
+    x = x.expand(1, 3, 128, 128).clamp(0, 1)
+    free = compose(["texture"])
+    capped = compose(["texture"], {"texture": {"structure_cap": 16.0}})
+    cfg = free.families[0].config
+    ratios = torch.tensor([cfg.fine, cfg.mid, cfg.coarse]).view(1, 3, 1, 1)
+    before = (free.families[0].prepare(x)["visibility"] * ratios).sum(1)
+    after = (capped.families[0].prepare(x)["visibility"] * ratios).sum(1)
+    assert (after <= before + 1e-7).all()  # a cap only ever shrinks
+    top, bottom = (..., slice(8, 56), slice(8, 120)), (..., slice(72, 120), slice(8, 120))
+    kept_top = after[top].mean() / before[top].mean()
+    kept_bottom = after[bottom].mean() / before[bottom].mean()
+    assert kept_bottom > 0.95 and kept_top < 0.7
+    # A change at its full bounds reshapes less of the grain's little structure with the cap.
+    params = _rand_params(free, x, 1.0)  # mostly at the bounds
+    def reshaped(comp, rows):
+        return structure_change(x[..., rows, :], comp.apply(x, params)[..., rows, :])[0]
+
+    upper, lower = slice(0, 64), slice(64, 128)
+    assert reshaped(capped, upper) < 0.7 * reshaped(free, upper)
+    assert reshaped(capped, lower) > 0.9 * reshaped(free, lower)
+    with pytest.raises(ConfigError, match="structure_cap"):
+        compose(["texture"], {"texture": {"structure_cap": "-1"}})

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..naturalness import BLOCK, STRUCTURE_SIGMAS
 from .base import (
     Family,
     ParamSpec,
@@ -82,6 +83,9 @@ def _blur(x: Tensor, sigma: float) -> Tensor:
 UPSAMPLE = "bspline"
 LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights, as kornia's rgb_to_grayscale
 CHROMA_BANDS = ("fine", "mid")  # bands that may carry opponent-colour components
+# structure_cap's window on the original's structure band: a Gaussian about as wide as the
+# blocks reshaped structure is measured in.
+STRUCTURE_WINDOW = BLOCK / 2
 # Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
@@ -244,6 +248,12 @@ class TextureConfig:
     # motifs) would allow changes large enough to reshape its elements. Each band's colour
     # components are capped alike.
     cap: float = 0.0
+    # Largest total change (all bands' bounds summed) as a multiple of the original's own
+    # mid-scale structure there (its DoG 2/5 px luminance RMS over ~16 px, plus 1/255; 0: off).
+    # The bands' maps follow each band's own detail, so a block with fine grain but little
+    # mid-scale pattern gets a change that reshapes what pattern it has: reshaped structure
+    # (naturalness) then peaks in a few such blocks and stops the whole image.
+    structure_cap: float = 0.0
     # Largest local gain of the original's own band of luminance (0: off): the change
     # gain(x) * band(x), with the gain a smooth field on the band's grid. It is zero wherever
     # the band crosses zero, where its edges lie, so it changes their contrast, not their
@@ -287,6 +297,9 @@ class TextureFamily(Family):
                 raise ConfigError(f"texture gain_{band} must be >= 0 (0: off)")
         if self.config.cap < 0:
             raise ConfigError("texture cap must be >= 0 (a change in 0-255 units; 0: off)")
+        if self.config.structure_cap < 0:
+            raise ConfigError("texture structure_cap must be >= 0 (a multiple of the original's "
+                              "mid-scale structure; 0: off)")
         if self.config.lowcut < 0:
             raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
@@ -349,6 +362,8 @@ class TextureFamily(Family):
             ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
                                   dtype=vis.dtype)
             vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
+        if c.structure_cap > 0 and self._bands():
+            vis = vis * self._structure_share(x, vis)
         out = {"visibility": vis}
         chroma = self._chroma()
         if chroma:  # one map per band with colour, in the order of _chroma()
@@ -377,6 +392,19 @@ class TextureFamily(Family):
         bound = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
         return {**out, "lowcut_weight": bound,
                 "lowcut_norm": blur_field(bound, c.lowcut).clamp_min(1e-6)}
+
+    def _structure_share(self, x: Tensor, vis: Tensor) -> Tensor:
+        """The share of every band's map kept so that their summed bounds stay within
+        ``structure_cap`` times the original's local mid-scale structure (the band and window
+        that :func:`unrestrict.naturalness.structure_change` measures against). (B, 1, H, W)."""
+        luma = KC.rgb_to_grayscale(x.float()) * 255
+        s0, s1 = STRUCTURE_SIGMAS
+        band = _blur(luma, s0) - _blur(luma, s1)
+        allow = self.config.structure_cap / 255 * (_blur(band * band, STRUCTURE_WINDOW) + 1).sqrt()
+        ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
+                              dtype=vis.dtype).view(1, -1, 1, 1)
+        total = (vis * ratios).sum(1, keepdim=True)
+        return (allow.to(vis.dtype) / total.clamp_min(1e-12)).clamp(max=1)
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
