@@ -37,6 +37,7 @@ from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
 from derive import SOURCES
+from unrestrict.attack import PRESETS
 from unrestrict.perturb.texture import TextureConfig
 
 
@@ -79,6 +80,16 @@ def _gain(gain: float) -> list[str]:
     """Every texture band's local gain of the original's own band set to ``gain``."""
     return [a for band in ("fine", "mid", "coarse")
             for a in ("--set", f"texture.gain_{band}={gain}")]
+
+
+def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[str]:
+    """The natural preset's texture bounds times ``scale`` under a structure cap, in
+    ``stages`` stages."""
+    bands = [f"texture.{band}={value * scale:g}" for band, value in
+             PRESETS["natural"].family_options["texture"].items()]
+    return ["--preset", "natural", "--stages", str(stages),
+            "--set", f"texture.structure_cap={structure_cap:g}",
+            *(a for b in bands for a in ("--set", b))]
 
 
 def _gain_only(gain: float) -> list[str]:
@@ -228,6 +239,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, structure cap 8": ["--preset", "natural", "--set", "texture.structure_cap=8"],
     "natural preset, structure cap 16": ["--preset", "natural", "--set",
                                          "texture.structure_cap=16"],
+    "natural preset, structure cap 4, texture x1.5, 6 stages": _natural_texture(1.5, 4, 6),
+    "natural preset, structure cap 4, texture x2, 8 stages": _natural_texture(2, 4, 8),
+    "natural preset, structure cap 8, texture x2, 8 stages": _natural_texture(2, 8, 8),
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -406,6 +420,12 @@ DESCRIPTION = {
                                        "(DoG 2/5 px RMS over ~16 px, +1/255)",
     "natural preset, structure cap 8": "as `natural preset, structure cap 4`, at 8x",
     "natural preset, structure cap 16": "as `natural preset, structure cap 4`, at 16x",
+    "natural preset, structure cap 4, texture x1.5, 6 stages": "structure cap 4 with the "
+        "natural preset's texture bounds at 1.5x, in six stages (its ladder and two more rungs)",
+    "natural preset, structure cap 4, texture x2, 8 stages": "structure cap 4 with the natural "
+        "preset's texture bounds doubled, in eight stages (its ladder and four more rungs)",
+    "natural preset, structure cap 8, texture x2, 8 stages": "as `natural preset, structure cap "
+        "4, texture x2, 8 stages`, the cap at 8x",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
