@@ -239,6 +239,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, structure cap 8": ["--preset", "natural", "--set", "texture.structure_cap=8"],
     "natural preset, structure cap 16": ["--preset", "natural", "--set",
                                          "texture.structure_cap=16"],
+    "natural preset, texture x2, 8 stages": _natural_texture(2, 0, 8),
     "natural preset, structure cap 4, texture x1.5, 6 stages": _natural_texture(1.5, 4, 6),
     "natural preset, structure cap 4, texture x2, 8 stages": _natural_texture(2, 4, 8),
     "natural preset, structure cap 8, texture x2, 8 stages": _natural_texture(2, 8, 8),
@@ -420,6 +421,8 @@ DESCRIPTION = {
                                        "(DoG 2/5 px RMS over ~16 px, +1/255)",
     "natural preset, structure cap 8": "as `natural preset, structure cap 4`, at 8x",
     "natural preset, structure cap 16": "as `natural preset, structure cap 4`, at 16x",
+    "natural preset, texture x2, 8 stages": "the natural preset's texture bounds doubled, in "
+        "eight stages (its ladder and four more rungs), no structure cap",
     "natural preset, structure cap 4, texture x1.5, 6 stages": "structure cap 4 with the "
         "natural preset's texture bounds at 1.5x, in six stages (its ladder and two more rungs)",
     "natural preset, structure cap 4, texture x2, 8 stages": "structure cap 4 with the natural "
