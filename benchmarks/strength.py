@@ -243,6 +243,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, structure cap 4, texture x1.5, 6 stages": _natural_texture(1.5, 4, 6),
     "natural preset, structure cap 4, texture x2, 8 stages": _natural_texture(2, 4, 8),
     "natural preset, structure cap 8, texture x2, 8 stages": _natural_texture(2, 8, 8),
+    "natural preset, structure cap 8, texture x2, 8 stages, seed 1": [
+        *_natural_texture(2, 8, 8), "--seed", "1"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -429,6 +431,8 @@ DESCRIPTION = {
         "preset's texture bounds doubled, in eight stages (its ladder and four more rungs)",
     "natural preset, structure cap 8, texture x2, 8 stages": "as `natural preset, structure cap "
         "4, texture x2, 8 stages`, the cap at 8x",
+    "natural preset, structure cap 8, texture x2, 8 stages, seed 1": "`natural preset, structure "
+        "cap 8, texture x2, 8 stages` with another seed",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
