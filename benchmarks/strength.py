@@ -37,7 +37,6 @@ from pathlib import Path
 
 from _common import ROOT, SAMPLE, WORK, command_line, device_line, run, unrestrict, write_result
 from derive import SOURCES
-from unrestrict.attack import PRESETS
 from unrestrict.perturb.texture import TextureConfig
 
 
@@ -83,10 +82,9 @@ def _gain(gain: float) -> list[str]:
 
 
 def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[str]:
-    """The natural preset's texture bounds times ``scale`` under a structure cap, in
+    """The texture bounds of :data:`FINE_NATURAL` times ``scale`` under a structure cap, in
     ``stages`` stages."""
-    bands = [f"texture.{band}={value * scale:g}" for band, value in
-             PRESETS["natural"].family_options["texture"].items()]
+    bands = [f"texture.{band}={value * scale:g}" for band, value in FINE_TEXTURE.items()]
     return ["--preset", "natural", "--stages", str(stages),
             "--set", f"texture.structure_cap={structure_cap:g}",
             *(a for b in bands for a in ("--set", b))]
@@ -106,6 +104,12 @@ def _grade_budget(scale: float) -> list[str]:
 
 # The natural preset before `00b6644` moved its texture to the fine band: rows measured
 # against it keep their meaning.
+# The natural preset of `00b6644`: fine-band texture, four stages, no structure cap. Rows
+# `natural preset, ...` measured on it keep running it.
+FINE_TEXTURE = {"fine": 6.4, "mid": 4.0, "coarse": 4.0}
+FINE_NATURAL = _natural_texture(1, 0, 4)
+FINE_NATURAL_TEXT = ("the natural preset of `00b6644` (texture fine 6.4, mid and coarse 4, four "
+                     "stages)")
 OLD_NATURAL = ["--preset", "natural", "--set", "texture.fine=3.2", "--set", "texture.mid=8",
                "--set", "texture.coarse=8"]
 OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"
@@ -224,20 +228,20 @@ CONFIGS: dict[str, list[str]] = {
                                     "--set", "style.matrix=0", "--set", "style.offset=0",
                                     "--set", "style.detail=0", "--set", "style.exposure=0.05"],
     "natural preset, mid+coarse as gain 0.5": [*OLD_NATURAL, *_gain_only(0.5)],
-    "natural preset, seed 1": ["--preset", "natural", "--seed", "1"],
+    "natural preset, seed 1": [*FINE_NATURAL, "--seed", "1"],
     "old natural preset, seed 1": [*OLD_NATURAL, "--seed", "1"],
-    # Transfer tricks on today's natural preset, ranked under its five limits.
-    "natural preset, 2 copies": ["--preset", "natural", "--copies", "2"],
-    "natural preset, 40 steps": ["--preset", "natural", "--steps", "40"],
-    "natural preset, 2 copies di+scale": ["--preset", "natural", "--copies", "2",
+    # Transfer tricks on the natural preset of `00b6644`, ranked under its five limits.
+    "natural preset, 2 copies": [*FINE_NATURAL, "--copies", "2"],
+    "natural preset, 40 steps": [*FINE_NATURAL, "--steps", "40"],
+    "natural preset, 2 copies di+scale": [*FINE_NATURAL, "--copies", "2",
                                           "--augment", "di,scale"],
-    "natural preset, 2 copies di+blocks": ["--preset", "natural", "--copies", "2",
+    "natural preset, 2 copies di+blocks": [*FINE_NATURAL, "--copies", "2",
                                            "--augment", "di,blocks"],
-    "natural preset, spectrum": ["--preset", "natural", "--augment", "di,spectrum"],
-    "natural preset, feature loss": ["--preset", "natural", "--feature-weight", "10"],
-    "natural preset, structure cap 4": ["--preset", "natural", "--set", "texture.structure_cap=4"],
-    "natural preset, structure cap 8": ["--preset", "natural", "--set", "texture.structure_cap=8"],
-    "natural preset, structure cap 16": ["--preset", "natural", "--set",
+    "natural preset, spectrum": [*FINE_NATURAL, "--augment", "di,spectrum"],
+    "natural preset, feature loss": [*FINE_NATURAL, "--feature-weight", "10"],
+    "natural preset, structure cap 4": [*FINE_NATURAL, "--set", "texture.structure_cap=4"],
+    "natural preset, structure cap 8": [*FINE_NATURAL, "--set", "texture.structure_cap=8"],
+    "natural preset, structure cap 16": [*FINE_NATURAL, "--set",
                                          "texture.structure_cap=16"],
     "natural preset, texture x2, 8 stages": _natural_texture(2, 0, 8),
     "natural preset, structure cap 4, texture x1.5, 6 stages": _natural_texture(1.5, 4, 6),
@@ -348,7 +352,7 @@ DESCRIPTION = {
                                   "limits",
     "natural, natural limit 1.2": "the default stopping an image at 1.2x the naturalness "
                                   "limits",
-    "natural, natural limit 1, seed 1": "`natural, natural limit 1` (today's natural preset) with "
+    "natural, natural limit 1, seed 1": "`natural, natural limit 1` (the natural preset then) with "
                                         "another seed",
     "natural, natural limit 1, fine x0.5": "natural limit 1 with half the fine texture band's "
                                            "bound: the fine band is the added-detail measure's "
@@ -399,36 +403,37 @@ DESCRIPTION = {
     "natural preset, fine x2": OLD_NATURAL_TEXT + ", the fine band's bound doubled (to 6.4)",
     "natural preset, fine x2, mid+coarse x0.5":
         OLD_NATURAL_TEXT + ", the fine band's bound doubled, the mid and coarse bands' halved "
-        "(today's natural preset)",
+        "(the natural preset of `00b6644`)",
     "natural preset + light 0.05":
         OLD_NATURAL_TEXT + " plus the style family's dodge and burn alone, exposure within +-5%",
-    "natural preset, seed 1": "today's natural preset with another seed",
+    "natural preset, seed 1": FINE_NATURAL_TEXT + " with another seed",
     "old natural preset, seed 1": OLD_NATURAL_TEXT + ", with another seed",
     "natural preset, mid+coarse as gain 0.5": "as `natural preset, mid+coarse as gain 1`, gains "
                                               "within +-0.5",
-    "natural preset, 2 copies": "today's natural preset with 2 DI copies per step (2 passes "
-                                "a step)",
-    "natural preset, 40 steps": "today's natural preset with 40 steps a stage: the passes of 2 "
-                                "copies, spent in time",
-    "natural preset, 2 copies di+scale": "today's natural preset, 2 copies per step, each DI "
-                                         "then an intensity scale 2^-k",
-    "natural preset, 2 copies di+blocks": "today's natural preset, 2 copies per step, each DI "
-                                          "then a 2x2 block shuffle",
-    "natural preset, spectrum": "today's natural preset, one copy per step, DI then spectrum "
-                                "simulation (SSA-like)",
-    "natural preset, feature loss": "today's natural preset plus the FIA feature-importance "
-                                    "loss on the attack model's middle rectifier, weight 10",
-    "natural preset, structure cap 4": "today's natural preset, the texture bands' summed bound "
+    "natural preset, 2 copies": FINE_NATURAL_TEXT + " with 2 DI copies per step (2 passes a step)",
+    "natural preset, 40 steps": FINE_NATURAL_TEXT + " with 40 steps a stage: the passes of 2 "
+                                                    "copies, spent in time",
+    "natural preset, 2 copies di+scale": FINE_NATURAL_TEXT + ", 2 copies per step, each DI then "
+                                                             "an intensity scale 2^-k",
+    "natural preset, 2 copies di+blocks": FINE_NATURAL_TEXT + ", 2 copies per step, each DI then "
+                                                              "a 2x2 block shuffle",
+    "natural preset, spectrum": FINE_NATURAL_TEXT + ", one copy per step, DI then spectrum "
+                                                    "simulation (SSA-like)",
+    "natural preset, feature loss": FINE_NATURAL_TEXT + " plus the FIA feature-importance loss "
+                                    "on the attack model's middle rectifier, weight 10",
+    "natural preset, structure cap 4": FINE_NATURAL_TEXT + ", the texture bands' summed bound "
                                        "at most 4x the original's own mid-scale structure "
                                        "(DoG 2/5 px RMS over ~16 px, +1/255)",
     "natural preset, structure cap 8": "as `natural preset, structure cap 4`, at 8x",
     "natural preset, structure cap 16": "as `natural preset, structure cap 4`, at 16x",
-    "natural preset, texture x2, 8 stages": "the natural preset's texture bounds doubled, in "
-        "eight stages (its ladder and four more rungs), no structure cap",
-    "natural preset, structure cap 4, texture x1.5, 6 stages": "structure cap 4 with the "
-        "natural preset's texture bounds at 1.5x, in six stages (its ladder and two more rungs)",
-    "natural preset, structure cap 4, texture x2, 8 stages": "structure cap 4 with the natural "
-        "preset's texture bounds doubled, in eight stages (its ladder and four more rungs)",
+    "natural preset, texture x2, 8 stages": FINE_NATURAL_TEXT + " with its texture bounds "
+        "doubled, in eight stages (its ladder and four more rungs), no structure cap",
+    "natural preset, structure cap 4, texture x1.5, 6 stages": FINE_NATURAL_TEXT + " with "
+        "structure cap 4, its texture bounds at 1.5x, in six stages (its ladder and two more "
+        "rungs)",
+    "natural preset, structure cap 4, texture x2, 8 stages": FINE_NATURAL_TEXT + " with "
+        "structure cap 4, its texture bounds doubled, in eight stages (its ladder and four more "
+        "rungs)",
     "natural preset, structure cap 8, texture x2, 8 stages": "as `natural preset, structure cap "
         "4, texture x2, 8 stages`, the cap at 8x",
     "natural preset, structure cap 8, texture x2, 8 stages, seed 1": "`natural preset, structure "
