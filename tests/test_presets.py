@@ -20,14 +20,15 @@ def test_every_preset_composes_and_is_described(name):
     assert PRESET_HELP[name]
 
 
-def test_natural_is_bold_with_fine_texture_stopped_at_the_naturalness_limits():
+def test_natural_is_bold_with_capped_fine_texture_stopped_at_the_naturalness_limits():
     natural, bold = PRESETS["natural"], PRESETS["bold"]
     default = TextureConfig()
     assert natural.natural_limit == 1.0 and bold.natural_limit == 0.0
-    assert natural.family_options["texture"] == {"fine": default.fine * 2,
-                                                 "mid": default.mid / 2,
-                                                 "coarse": default.coarse / 2}
-    assert dataclasses.replace(natural, natural_limit=0.0, family_options={}) == bold
+    assert natural.family_options["texture"] == {"fine": default.fine * 4, "mid": default.mid,
+                                                 "coarse": default.coarse, "structure_cap": 8.0}
+    assert natural.stages == 2 * bold.stages
+    assert dataclasses.replace(natural, natural_limit=0.0, family_options={},
+                               stages=bold.stages) == bold
     assert GenerateConfig().attack == natural  # the library's default is the CLI's
 
 

@@ -206,14 +206,17 @@ PIXEL_BASELINE = AttackConfig(
 
 # Named starting points for `generate --preset`; every other option overrides them.
 _TEXTURE = TextureConfig()
-# natural's texture: the fine band gets the budget, as reshaped structure (the mid band's
-# scale) is the naturalness limit that binds (README: Presets).
-_FINE_TEXTURE = {"fine": _TEXTURE.fine * 2, "mid": _TEXTURE.mid / 2,
-                 "coarse": _TEXTURE.coarse / 2}
+# natural's texture: the fine band gets the most, as reshaped structure (the mid band's
+# scale) is the naturalness limit that binds; the bands' sum is capped by the original's own
+# mid-scale structure, where that limit peaked, and with the cap the limits bind later, so the
+# ladder has eight rungs (README: Presets).
+_NATURAL_TEXTURE = {"fine": _TEXTURE.fine * 4, "mid": _TEXTURE.mid, "coarse": _TEXTURE.coarse,
+                    "structure_cap": 8.0}
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
     # people.
-    "natural": AttackConfig(natural_limit=1.0, family_options={"texture": _FINE_TEXTURE}),
+    "natural": AttackConfig(natural_limit=1.0, stages=8,
+                            family_options={"texture": _NATURAL_TEXTURE}),
     # natural's families with the texture family's own bounds and without the per-image
     # limit, for rounds scored by models.
     "bold": AttackConfig(),
@@ -225,10 +228,12 @@ PRESETS: dict[str, AttackConfig] = {
 }
 PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail (fine band {fine:g}, mid "
-               "{mid:g}, coarse {coarse:g}) plus a mild global colour grade, staged per-image "
-               "budget checked on the validation models, surrogate gradients; an image stops "
-               "growing where its result would show as an edit (--natural-limit 1), so every "
-               "result stays within the naturalness limits".format(**_FINE_TEXTURE),
+               "{mid:g}, coarse {coarse:g}, their sum at most {structure_cap:g}x the "
+               "original's mid-scale structure) plus a mild global colour grade, per-image "
+               "budget in eight stages checked on the validation models, surrogate gradients; "
+               "an image stops growing where its result would show as an edit "
+               "(--natural-limit 1), so every result stays within the naturalness "
+               "limits".format(**_NATURAL_TEXTURE),
     "bold": f"the texture family's own bounds (fine {_TEXTURE.fine:g}, mid {_TEXTURE.mid:g}, "
             f"coarse {_TEXTURE.coarse:g}) without the per-image naturalness limit: far more "
             "held-out models fooled, nearly every result past the reshaped-structure limit; "
