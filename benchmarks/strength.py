@@ -249,6 +249,10 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, structure cap 8, texture x2, 8 stages": _natural_texture(2, 8, 8),
     "natural preset, structure cap 8, texture x2, 8 stages, seed 1": [
         *_natural_texture(2, 8, 8), "--seed", "1"],
+    # On the structure-capped natural preset (the default since it).
+    "capped natural, mid and coarse 4": ["--preset", "natural", "--set", "texture.mid=4",
+                                         "--set", "texture.coarse=4"],
+    "capped natural, detail 2": ["--preset", "natural", "--set", "texture.detail_sigma=2"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -438,6 +442,10 @@ DESCRIPTION = {
         "4, texture x2, 8 stages`, the cap at 8x",
     "natural preset, structure cap 8, texture x2, 8 stages, seed 1": "`natural preset, structure "
         "cap 8, texture x2, 8 stages` with another seed",
+    "capped natural, mid and coarse 4": "the structure-capped natural preset with the mid and "
+                                        "coarse bands at 4 (the fine band's 12.8 kept)",
+    "capped natural, detail 2": "the structure-capped natural preset, the flat ramp on detail "
+                                "only (sigma 2 px): smooth shading counts as flat",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
