@@ -102,14 +102,14 @@ def _grade_budget(scale: float) -> list[str]:
     return [a for k, v in OLD_GRADE.items() for a in ("--set", f"color.{k}={round(v * scale, 4)}")]
 
 
-# The natural preset before `00b6644` moved its texture to the fine band: rows measured
-# against it keep their meaning.
 # The natural preset of `00b6644`: fine-band texture, four stages, no structure cap. Rows
 # `natural preset, ...` measured on it keep running it.
 FINE_TEXTURE = {"fine": 6.4, "mid": 4.0, "coarse": 4.0}
 FINE_NATURAL = _natural_texture(1, 0, 4)
 FINE_NATURAL_TEXT = ("the natural preset of `00b6644` (texture fine 6.4, mid and coarse 4, four "
                      "stages)")
+# The natural preset before `00b6644` moved its texture to the fine band: rows measured
+# against it keep their meaning.
 OLD_NATURAL = ["--preset", "natural", "--set", "texture.fine=3.2", "--set", "texture.mid=8",
                "--set", "texture.coarse=8"]
 OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"

@@ -777,6 +777,7 @@ def test_texture_structure_cap_shrinks_the_change_where_the_original_has_no_mid_
     assert kept_bottom > 0.95 and kept_top < 0.7
     # A change at its full bounds reshapes less of the grain's little structure with the cap.
     params = _rand_params(free, x, 1.0)  # mostly at the bounds
+
     def reshaped(comp, rows):
         return structure_change(x[..., rows, :], comp.apply(x, params)[..., rows, :])[0]
 

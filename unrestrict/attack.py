@@ -206,19 +206,18 @@ PIXEL_BASELINE = AttackConfig(
 
 # Named starting points for `generate --preset`; every other option overrides them.
 _TEXTURE = TextureConfig()
-# natural's texture: the fine band gets the most, as reshaped structure (the mid band's
-# scale) is the naturalness limit that binds; the bands' sum is capped by the original's own
-# mid-scale structure, where that limit peaked, and with the cap the limits bind later, so the
-# ladder has eight rungs (README: Presets).
+# natural's texture: most in the fine band and the sum capped by the original's mid-scale
+# structure, as reshaped structure (that scale) is the limit that binds (README: Presets).
 _NATURAL_TEXTURE = {"fine": _TEXTURE.fine * 4, "mid": _TEXTURE.mid, "coarse": _TEXTURE.coarse,
                     "structure_cap": 8.0}
+_NATURAL_STAGES = 8
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
     # people.
-    "natural": AttackConfig(natural_limit=1.0, stages=8,
+    "natural": AttackConfig(natural_limit=1.0, stages=_NATURAL_STAGES,
                             family_options={"texture": _NATURAL_TEXTURE}),
-    # natural's families with the texture family's own bounds and without the per-image
-    # limit, for rounds scored by models.
+    # natural's families with the texture family's own bounds, no structure cap, four stages
+    # and no per-image limit, for rounds scored by models.
     "bold": AttackConfig(),
     # bold, with the mid and coarse texture bands growing to 1.5x in two more stages for the
     # images it leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
@@ -230,10 +229,10 @@ PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail (fine band {fine:g}, mid "
                "{mid:g}, coarse {coarse:g}, their sum at most {structure_cap:g}x the "
                "original's mid-scale structure) plus a mild global colour grade, per-image "
-               "budget in eight stages checked on the validation models, surrogate gradients; "
-               "an image stops growing where its result would show as an edit "
+               "budget in {stages} stages checked on the validation models, surrogate "
+               "gradients; an image stops growing where its result would show as an edit "
                "(--natural-limit 1), so every result stays within the naturalness "
-               "limits".format(**_NATURAL_TEXTURE),
+               "limits".format(**_NATURAL_TEXTURE, stages=_NATURAL_STAGES),
     "bold": f"the texture family's own bounds (fine {_TEXTURE.fine:g}, mid {_TEXTURE.mid:g}, "
             f"coarse {_TEXTURE.coarse:g}) without the per-image naturalness limit: far more "
             "held-out models fooled, nearly every result past the reshaped-structure limit; "

@@ -53,6 +53,7 @@ __all__ = [
     "detail_excess",
     "tone_shift",
     "structure_change",
+    "structure_band",
     "global_color_fit",
     "worst_ratio",
 ]
@@ -229,13 +230,18 @@ def tone_shift(orig: Tensor, result: Tensor, downsample: int = 2) -> Tensor:
     return shift.masked_fill(same, 0.0)
 
 
+def structure_band(luma255: Tensor) -> Tensor:
+    """The band reshaped structure is measured in: difference of Gaussians (sigma 2 and 5 px)
+    of a luminance in 0-255 units. Same shape."""
+    s0, s1 = STRUCTURE_SIGMAS
+    return _blur(luma255, s0) - _blur(luma255, s1)
+
+
 def _structure_residual(orig255: Tensor, result255: Tensor) -> Tensor:
     """Per block, the mid-band luminance change not proportional to ``orig255``'s own band,
     as ``sqrt(residual energy / (band energy + 1))``. (B, blocks)."""
-    s0, s1 = STRUCTURE_SIGMAS
-    o = _blur(orig255, s0) - _blur(orig255, s1)
-    change = result255 - orig255
-    d = _blur(change, s0) - _blur(change, s1)
+    o = structure_band(orig255)
+    d = structure_band(result255 - orig255)
     e_oo, e_do, e_dd = (F.avg_pool2d(t, BLOCK) for t in (o * o, d * o, d * d))
     # Least-squares gain of the original's band in the change: what a local contrast edit
     # (sharpening, clarity, a softer shadow) makes, however strong.

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..naturalness import BLOCK, STRUCTURE_SIGMAS
+from ..naturalness import BLOCK, structure_band
 from .base import (
     Family,
     ParamSpec,
@@ -249,10 +249,8 @@ class TextureConfig:
     # components are capped alike.
     cap: float = 0.0
     # Largest total change (all bands' bounds summed) as a multiple of the original's own
-    # mid-scale structure there (its DoG 2/5 px luminance RMS over ~16 px, plus 1/255; 0: off).
-    # The bands' maps follow each band's own detail, so a block with fine grain but little
-    # mid-scale pattern gets a change that reshapes what pattern it has: reshaped structure
-    # (naturalness) then peaks in a few such blocks and stops the whole image.
+    # mid-scale structure there (its DoG 2/5 px luminance RMS over ~16 px, plus 1/255; 0: off):
+    # fine grain over little mid-scale pattern would otherwise get a change that reshapes it.
     structure_cap: float = 0.0
     # Largest local gain of the original's own band of luminance (0: off): the change
     # gain(x) * band(x), with the gain a smooth field on the band's grid. It is zero wherever
@@ -359,9 +357,7 @@ class TextureFamily(Family):
         vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
                           c.detail_sigma) if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
-            ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
-                                  dtype=vis.dtype)
-            vis = torch.minimum(vis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
+            vis = torch.minimum(vis, c.cap / 255 / self._band_ratios(vis))
         if c.structure_cap > 0 and self._bands():
             vis = vis * self._structure_share(x, vis)
         out = {"visibility": vis}
@@ -389,7 +385,7 @@ class TextureFamily(Family):
             return out
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
         # where the bands may change the most, none to pixels they may not change at all.
-        bound = sum(ratio * vis[:, i : i + 1] for i, _, _, ratio in self._bands())
+        bound = (vis * self._band_ratios(vis)).sum(1, keepdim=True)
         return {**out, "lowcut_weight": bound,
                 "lowcut_norm": blur_field(bound, c.lowcut).clamp_min(1e-6)}
 
@@ -397,14 +393,15 @@ class TextureFamily(Family):
         """The share of every band's map kept so that their summed bounds stay within
         ``structure_cap`` times the original's local mid-scale structure (the band and window
         that :func:`unrestrict.naturalness.structure_change` measures against). (B, 1, H, W)."""
-        luma = KC.rgb_to_grayscale(x.float()) * 255
-        s0, s1 = STRUCTURE_SIGMAS
-        band = _blur(luma, s0) - _blur(luma, s1)
+        band = structure_band(KC.rgb_to_grayscale(x.float()) * 255)
         allow = self.config.structure_cap / 255 * (_blur(band * band, STRUCTURE_WINDOW) + 1).sqrt()
-        ratios = torch.tensor([ratio for *_, ratio in self._bands()], device=vis.device,
-                              dtype=vis.dtype).view(1, -1, 1, 1)
-        total = (vis * ratios).sum(1, keepdim=True)
+        total = (vis * self._band_ratios(vis)).sum(1, keepdim=True)
         return (allow.to(vis.dtype) / total.clamp_min(1e-12)).clamp(max=1)
+
+    def _band_ratios(self, like: Tensor) -> Tensor:
+        """Each switched-on band's ratio, shaped (1, bands, 1, 1) to scale its map."""
+        return torch.tensor([ratio for *_, ratio in self._bands()], device=like.device,
+                            dtype=like.dtype).view(1, -1, 1, 1)
 
     def apply(
         self, x: Tensor, params: Mapping[str, Tensor],
