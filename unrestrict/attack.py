@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .features import FeatureTap, feature_importance, feature_loss
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
-from .naturalness import naturalness, worst_ratio
+from .naturalness import local_keep, naturalness, worst_ratio
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
 from .perturb.texture import TextureConfig
 from .settings import setting
@@ -69,6 +69,9 @@ Decision = Literal["minimal", "strongest", "original", "ensemble", "limited"]
 FailurePolicy = Literal["strongest", "original", "ensemble"]
 # Bisection steps that scale a result back within the naturalness limits (natural_limit).
 LIMIT_STEPS = 4
+# limit_local aims the blockwise measures this far under their limits: a block's change
+# reaches into its neighbours' bands, and JPEG adds its own.
+LOCAL_MARGIN = 0.9
 # What an image that never fools the validation models is given.
 FAILURE_POLICIES: dict[str, str] = {
     "strongest": "the strongest result within the bounds (the most changed)",
@@ -149,6 +152,11 @@ class AttackConfig:
                                         "multiple of its limit (1: the limits themselves), "
                                         "even if the validation models are not fooled; "
                                         "0 = off.")
+    limit_local: int = setting(0, "With natural_limit: rounds that first shrink an over-limit "
+                                  "result's change block by block, where the blockwise "
+                                  "measures (added detail, reshaped structure) exceed, "
+                                  "before it is scaled back as a whole; 0 = scale back "
+                                  "only.")
     limit_continue: bool = setting(False, "With natural_limit: an image stopped at the limits "
                                           "keeps optimising in the remaining stages at its "
                                           "limited budget, instead of ending there.")
@@ -175,6 +183,7 @@ class AttackConfig:
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
             (self.natural_limit >= 0, "natural_limit must be >= 0 (0: off)"),
+            (self.limit_local >= 0, "limit_local must be >= 0 (0: off)"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
             (self.on_failure in FAILURE_POLICIES,
              f"on_failure must be one of {', '.join(FAILURE_POLICIES)}"),
@@ -581,7 +590,8 @@ class Attack:
             keep = []
             for j, c in enumerate(cands):
                 i = int(active[j])
-                p_j = {k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
+                p_j = limited[j] if j in limited else {
+                    k: v[j].detach().cpu() * scales[j] for k, v in sub.items()}
                 capped = bool(cap[i] < math.inf) or j in limited
                 if c.fooled or (j in limited and (last or not cfg.limit_continue)) or \
                         (capped and last):
@@ -591,7 +601,7 @@ class Attack:
                     continue
                 if j in limited:  # go on optimising within the budget the limits allow
                     for k in params:
-                        params[k][i] *= scales[j]
+                        params[k][i] = p_j[k].to(params[k])
                     cap[i] = float(now[j]) * scales[j]
                 if c.ens_fooled and fallback[i] is None:
                     fallback[i] = (c, p_j, level)
@@ -608,31 +618,46 @@ class Attack:
         return results  # type: ignore[return-value]
 
     def _limit(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], scales: list[float],
-               cands: list[_Candidate]) -> set[int]:
-        """With ``natural_limit``: the candidates whose result shows as an edit, each scaled
-        back by bisection (``scales`` and ``cands`` updated in place) to the largest scale
-        known to stay within the limits (0, the original re-encoded, at worst)."""
-        if not self.config.natural_limit:
-            return set()
-        over = [j for j, r in enumerate(self._edit_ratio(x, torch.stack([c.decoded
-                                                                          for c in cands])))
-                if r > self.config.natural_limit]
+               cands: list[_Candidate]) -> dict[int, dict[str, Tensor]]:
+        """With ``natural_limit``: the candidates whose result shows as an edit, each brought
+        within the limits (``scales`` and ``cands`` updated in place) and mapped to its new
+        parameters (CPU). With ``limit_local``, the change is first shrunk block by block
+        where the blockwise measures exceed (:func:`~unrestrict.naturalness.local_keep`);
+        then, if still over, scaled back by bisection to the largest scale known to stay
+        within the limits (0, the original re-encoded, at worst)."""
+        cfg = self.config
+        if not cfg.natural_limit:
+            return {}
+        ratios = self._edit_ratio(x, torch.stack([c.decoded for c in cands]))
+        over = [j for j, r in enumerate(ratios.tolist()) if r > cfg.natural_limit]
         if not over:
-            return set()
+            return {}
         o = torch.tensor(over, device=x.device)
         x, y = x[o], y[o]
         full = scale_rows({k: v[o] for k, v in params.items()},
                           torch.tensor([scales[j] for j in over]))
+        decoded = torch.stack([cands[j].decoded for j in over])
         lo, hi = torch.zeros(len(over)), torch.ones(len(over))
+        for _ in range(cfg.limit_local):
+            keep = local_keep(x, decoded.float() / 255, LOCAL_MARGIN)
+            full = self.composite.localize(full, keep)
+            decoded = self.render(x, full)[1]
+        if cfg.limit_local:  # those the local shrink brought within need no scaling back
+            lo = (self._edit_ratio(x, decoded) <= cfg.natural_limit).float()
         for _ in range(LIMIT_STEPS):
+            if bool((lo == 1).all()):
+                break
             mid = (lo + hi) / 2
             within = self._edit_ratio(x, self.render(x, scale_rows(full, mid))[1]) \
-                <= self.config.natural_limit
+                <= cfg.natural_limit
             lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
-        judged = self._evaluate(x, y, scale_rows(full, lo))
-        for j, t, c in zip(over, lo.tolist(), judged, strict=True):
+        final = scale_rows(full, lo)
+        judged = self._evaluate(x, y, final)
+        out = {}
+        for n, (j, t, c) in enumerate(zip(over, lo.tolist(), judged, strict=True)):
             scales[j], cands[j] = scales[j] * t, c
-        return set(over)
+            out[j] = {k: v[n].detach().cpu() for k, v in final.items()}
+        return out
 
     @staticmethod
     def _edit_ratio(x: Tensor, decoded: Tensor) -> Tensor:

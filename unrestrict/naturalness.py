@@ -56,6 +56,7 @@ __all__ = [
     "structure_band",
     "global_color_fit",
     "worst_ratio",
+    "local_keep",
 ]
 
 Measure = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, ...]"]
@@ -201,15 +202,20 @@ def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     """Per 16x16 block, ``sqrt(E_change / (E_original + 1))`` of the fine-band (DoG 0.7/2 px)
     luminance energy (mean square, 0-255 units); (mean, 95th percentile) over blocks, each (B,).
     A partial block at the right or bottom edge is left out."""
+    if min(orig.shape[-2:]) < BLOCK:
+        raise ValueError(f"detail_excess needs images of at least {BLOCK}x{BLOCK} pixels")
+    ratio = _detail_blocks(orig, result).flatten(1)
+    return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
+
+
+def _detail_blocks(orig: Tensor, result: Tensor) -> Tensor:
+    """:func:`detail_excess`'s value per block. (B, H // BLOCK, W // BLOCK)."""
     lo = _luma255(orig)
     band_change = _fine_band(_luma255(result) - lo)
     band_orig = _fine_band(lo)
-    if min(lo.shape[-2:]) < BLOCK:
-        raise ValueError(f"detail_excess needs images of at least {BLOCK}x{BLOCK} pixels")
     e_change = F.avg_pool2d(band_change.pow(2), BLOCK)
     e_orig = F.avg_pool2d(band_orig.pow(2), BLOCK)
-    ratio = (e_change / (e_orig + 1)).sqrt().flatten(1)
-    return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
+    return (e_change / (e_orig + 1)).sqrt()[:, 0]
 
 
 # 3 L* is about a sixth of a stop at mid-grey: beside the original, a larger shift reads as
@@ -239,14 +245,14 @@ def structure_band(luma255: Tensor) -> Tensor:
 
 def _structure_residual(orig255: Tensor, result255: Tensor) -> Tensor:
     """Per block, the mid-band luminance change not proportional to ``orig255``'s own band,
-    as ``sqrt(residual energy / (band energy + 1))``. (B, blocks)."""
+    as ``sqrt(residual energy / (band energy + 1))``. (B, H // BLOCK, W // BLOCK)."""
     o = structure_band(orig255)
     d = structure_band(result255 - orig255)
     e_oo, e_do, e_dd = (F.avg_pool2d(t, BLOCK) for t in (o * o, d * o, d * d))
     # Least-squares gain of the original's band in the change: what a local contrast edit
     # (sharpening, clarity, a softer shadow) makes, however strong.
     residual = (e_dd - e_do * e_do / (e_oo + 1e-6)).clamp_min(0)
-    return (residual / (e_oo + 1)).sqrt().flatten(1)
+    return (residual / (e_oo + 1)).sqrt()[:, 0]
 
 
 # Limits: a global grade, sharpening (unsharp mask) and JPEG q85 stay under 0.11 mean and 0.38
@@ -265,13 +271,72 @@ def structure_change(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     if min(orig.shape[-2:]) < BLOCK:
         raise ValueError(f"structure_change needs images of at least {BLOCK}x{BLOCK} pixels")
     res = _luma255(result)
-    plain = _structure_residual(_luma255(orig), res)
-    graded = _structure_residual(_luma255(global_color_fit(orig, result)), res)
+    plain = _structure_residual(_luma255(orig), res).flatten(1)
+    graded = _structure_residual(_luma255(global_color_fit(orig, result)), res).flatten(1)
     out = []
     for r in (plain, graded):
         out.append(torch.stack([r.mean(1), torch.quantile(r, 0.99, dim=1)]))
     mean, p99 = torch.minimum(*out)
     return mean, p99
+
+
+def _structure_blocks(orig: Tensor, result: Tensor) -> Tensor:
+    """Per block, the smaller of :func:`structure_change`'s two residuals (against the original
+    and its global colour map). (B, H // BLOCK, W // BLOCK)."""
+    res = _luma255(result)
+    return torch.minimum(_structure_residual(_luma255(orig), res),
+                         _structure_residual(_luma255(global_color_fit(orig, result)), res))
+
+
+# The measures that are statistics over 16x16 blocks: their per-block values, and each
+# reported key's statistic ("mean", or a quantile).
+_BLOCKWISE: tuple[tuple[Callable[[Tensor, Tensor], Tensor], dict[str, str | float]], ...] = (
+    (_detail_blocks, {"detail_excess": "mean", "detail_excess_p95": 0.95}),
+    (_structure_blocks, {"structure_change": "mean", "structure_change_p99": 0.99}),
+)
+
+
+def _clip_level(values: Tensor, stats: dict[str, str | float], margin: float) -> Tensor:
+    """The largest level c per image such that ``min(values, c)`` has every statistic in
+    ``stats`` within ``margin`` times its limit (inf where ``values`` already do). ``values``:
+    (B, n); returns (B,)."""
+    level = torch.full(values.shape[:1], math.inf, dtype=values.dtype, device=values.device)
+    for key, stat in stats.items():
+        limit = LIMITS[key] * margin
+        if stat == "mean":
+            # mean(min(values, c)) grows with c: bisect for the c where it meets the limit.
+            lo, hi = torch.zeros_like(level), values.amax(1)
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                ok = torch.minimum(values, mid[:, None]).mean(1) <= limit
+                lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+            over = values.mean(1) > limit
+        else:  # a quantile of min(values, c) is min(that quantile, c)
+            lo = torch.full_like(level, limit)
+            over = torch.quantile(values, float(stat), dim=1) > limit
+        level = torch.where(over, torch.minimum(level, lo), level)
+    return level
+
+
+@torch.no_grad()
+def local_keep(orig: Tensor, result: Tensor, margin: float = 0.9) -> Tensor:
+    """Per 16x16 block, the share of the change to keep so that the blockwise measures (added
+    fine detail, reshaped structure) come within ``margin`` times their limits, if a block's
+    value scales with its change (it does, up to what the bands carry across blocks): blocks
+    above a clip level keep ``level / value``, the others all of it. Each block then takes
+    its neighbourhood's smallest share, smoothed, since a neighbour's change reaches into
+    its bands. (B, 1, H // BLOCK, W // BLOCK) in [0, 1]."""
+    check_images(orig, "orig")
+    check_images(result, "result")
+    orig, result = orig.float(), result.float()
+    keep = torch.ones(1, device=orig.device)
+    for blocks, stats in _BLOCKWISE:
+        values = blocks(orig, result)
+        level = _clip_level(values.flatten(1), stats, margin).view(-1, 1, 1)
+        keep = torch.minimum(keep, (level / values.clamp_min(1e-12)).clamp(max=1))
+    keep = keep[:, None]
+    keep = -F.max_pool2d(F.pad(-keep, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return F.avg_pool2d(F.pad(keep, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
 @torch.no_grad()

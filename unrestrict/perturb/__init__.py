@@ -155,6 +155,13 @@ class Composite:
         split = self._split(params)
         return torch.stack([f.penalty(split[f.name]) for f in self.families]).sum(0)
 
+    def localize(self, params: Mapping[str, Tensor], keep: Tensor) -> Params:
+        """``params`` with each family's change shrunk where ``keep`` (B, 1, h, w), a map
+        over the image in [0, 1], is below 1 (:meth:`Family.localize`)."""
+        split = self._split(params)
+        return {f"{f.name}.{k}": v for f in self.families
+                for k, v in f.localize(split[f.name], keep).items()}
+
     def _family(self, key: str) -> Family:
         fam = key.partition(".")[0]
         return next(f for f in self.families if f.name == fam)

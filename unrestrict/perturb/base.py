@@ -116,6 +116,15 @@ class Family(ABC):
         """
         return float(getattr(self.config, "budget_power", 1.0))
 
+    def localize(self, params: Mapping[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        """``params`` with the change shrunk to the share ``keep`` ((B, 1, h, w) in [0, 1], a
+        map over the image) wherever it is below 1. Default: parameters shaped (B, C, h, w)
+        are fields over the image, corner to corner, and are multiplied by the map resampled
+        to them; the others (global) are kept. Shrinking stays inside the bounds."""
+        return {k: p * F.interpolate(keep.to(p), size=p.shape[-2:], mode="bilinear",
+                                     align_corners=True) if p.ndim == 4 else p
+                for k, p in params.items()}
+
     def penalty(self, params: Mapping[str, Tensor]) -> Tensor:
         """A (B,) regulariser; zero at the identity. Default: mean squared bound-normalised size."""
         specs = self._specs_like(params)
