@@ -253,8 +253,10 @@ CONFIGS: dict[str, list[str]] = {
     "capped natural, mid and coarse 4": ["--preset", "natural", "--set", "texture.mid=4",
                                          "--set", "texture.coarse=4"],
     "capped natural, detail 2": ["--preset", "natural", "--set", "texture.detail_sigma=2"],
-    "capped natural, local limit 1": ["--preset", "natural", "--limit-local", "1"],
-    "capped natural, local limit 2": ["--preset", "natural", "--limit-local", "2"],
+    "capped natural, detail 2 on mid and coarse": [
+        "--preset", "natural", "--set", "texture.detail_sigma=2",
+        "--set", "texture.detail_bands=mid,coarse"],
+    "capped natural, shrink blocks": ["--preset", "natural", "--limit-shrink", "blocks"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -448,12 +450,12 @@ DESCRIPTION = {
                                         "coarse bands at 4 (the fine band's 12.8 kept)",
     "capped natural, detail 2": "the structure-capped natural preset, the flat ramp on detail "
                                 "only (sigma 2 px): smooth shading counts as flat",
-    "capped natural, local limit 1": "the structure-capped natural preset; an over-limit "
-                                     "result is first shrunk block by block where added "
-                                     "detail or reshaped structure exceed, then scaled back "
-                                     "as a whole if still over",
-    "capped natural, local limit 2": "as `capped natural, local limit 1`, two rounds of the "
-                                     "block-by-block shrink",
+    "capped natural, detail 2 on mid and coarse": "`capped natural, detail 2` with the fine "
+                                                  "band's flat ramp on the plain luminance",
+    "capped natural, shrink blocks": "the structure-capped natural preset; an over-limit "
+                                     "result is brought within the limits by shrinking its "
+                                     "most edited blocks (added detail, reshaped structure) "
+                                     "to a level found by bisection, not by scaling it all",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }

@@ -236,6 +236,37 @@ def test_natural_limit_stops_and_scales_back_results_that_show_as_edits(mobilene
         AttackConfig(natural_limit=-1)
 
 
+def test_shrinking_blocks_keeps_results_within_the_limits_with_more_of_the_change(
+        mobilenet, sample_images):
+    from unrestrict.naturalness import naturalness, worst_ratio
+
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    # natural's texture at its full budget in one stage: past the limits at once, and the
+    # budget check never passes.
+    cfg = AttackConfig(families=("texture",), stages=1, steps=3, refine=0, di_prob=0.0,
+                       val_margin=1e9, natural_limit=1.0,
+                       family_options={"texture": {"fine": 12.8, "structure_cap": 8}})
+    scaled = Attack(cfg, mobilenet, val=mobilenet).run(x, y)
+    blocks = Attack(replace(cfg, limit_shrink="blocks"), mobilenet, val=mobilenet).run(x, y)
+
+    def change(r, img):
+        return (r.decoded.float() - img * 255).abs().mean().item()
+
+    shrunk = 0
+    for img, s, b in zip(x, scaled, blocks, strict=True):
+        assert s.decision == b.decision == "limited" and s.strength < 1.0
+        for r in (s, b):
+            assert worst_ratio(naturalness(img[None], r.decoded[None].float() / 255)[0]) <= 1
+        if b.strength == 1.0:  # the same optimised change, shrunk block by block
+            assert change(b, img) > change(s, img)
+            shrunk += 1
+        else:  # no level of the blocks was within (flat-region noise): scaled as a whole
+            assert b.jpeg == s.jpeg
+    assert shrunk >= 1
+    with pytest.raises(ValueError, match="limit_shrink"):
+        AttackConfig(limit_shrink="none")
+
+
 @pytest.mark.parametrize("copies", [1, 2])
 def test_passes_count_only_the_stages_an_image_ran(copies, mobilenet, sample_images):
     x, y = sample_images[0][:2], sample_images[1][:2]

@@ -12,6 +12,8 @@ import torch
 from unrestrict.naturalness import (
     LIMITS,
     MEASURES,
+    block_excess,
+    clip_share,
     color_drift,
     detail_excess,
     flat_noise,
@@ -162,6 +164,50 @@ def test_structure_change_sees_a_new_pattern_hidden_in_texture(photos):
     assert (faint_mean < mean / 3).all()
     assert (faint_mean < LIMITS["structure_change"]).all()
     assert (faint_p99 < LIMITS["structure_change_p99"]).all()
+
+
+def test_clipping_the_most_edited_blocks_keeps_more_than_one_scale(photos):
+    # The pattern above, faint everywhere and strong on a 48 px square (9 of 256 blocks): the
+    # structure measure's p99 is past its limit because of the square.
+    luma = photos.mean(1, keepdim=True)
+    amp = KF.gaussian_blur2d(_mid_band(luma) ** 2, (31, 31), (5.0, 5.0)).sqrt()
+    pattern = _mid_band(torch.randn(luma.shape, generator=torch.Generator().manual_seed(0)))
+    weight = torch.full((1, 1, 256, 256), 0.3)
+    weight[..., 96:144, 96:144] = 2.0
+    change = (photos + amp * pattern / pattern.std() * weight).clamp(0, 1) - photos
+    mean, p99 = structure_change(photos, photos + change)
+    assert (p99 > LIMITS["structure_change_p99"]).all()
+    excess = block_excess(photos, photos + change)
+    assert excess.shape == (4, 1, 16, 16)
+    assert torch.equal(block_excess(photos, photos), torch.zeros_like(excess))
+    # The square (blocks 6-8) shows the most.
+    assert (excess[..., 6:9, 6:9].mean((1, 2, 3)) > 2 * excess[..., :4, :].mean((1, 2, 3))).all()
+
+    def clipped(level: torch.Tensor) -> torch.Tensor:
+        share = clip_share(excess, level)
+        return photos + change * torch.nn.functional.interpolate(
+            share, size=(256, 256), mode="bilinear", align_corners=True)
+
+    def within(result: torch.Tensor) -> torch.Tensor:
+        mean, p99 = structure_change(photos, result)
+        return (mean <= LIMITS["structure_change"]) & (p99 <= LIMITS["structure_change_p99"])
+
+    # The highest level within the structure limits, by bisection (as natural_limit does).
+    lo, hi = torch.zeros(4), excess.flatten(1).amax(1)
+    assert torch.equal(clip_share(excess, hi), torch.ones_like(excess))
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        ok = within(clipped(mid))
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    share = clip_share(excess, lo)
+    # The square shrinks, blocks far from it much less.
+    square = share[..., 6:9, 6:9].mean((1, 2, 3))
+    assert (square < 0.7).all() and (square + 0.25 < share[..., :3, :].mean((1, 2, 3))).all()
+    # More of the change kept than by the one scale for the whole image that meets the same
+    # limits.
+    whole = torch.minimum(LIMITS["structure_change"] / mean, LIMITS["structure_change_p99"] / p99)
+    kept = (clipped(lo) - photos).abs().mean((1, 2, 3)) / change.abs().mean((1, 2, 3))
+    assert (kept > 1.1 * whole).all(), (kept, whole)
 
 
 def test_structure_change_leaves_sharpening_and_a_grade_alone(photos):

@@ -686,6 +686,10 @@ def test_texture_detail_activity_treats_smooth_shading_as_flat():
     half[..., 32:] = torch.rand(1, 1, 64, 32, generator=torch.Generator().manual_seed(0))
     for image in (texture, half):
         assert (visibility(image, detail_sigma=4.0) <= visibility(image)).all()
+    # Limited to the mid and coarse bands: the fine band keeps the plain ramp's map.
+    some = visibility(bump, detail_sigma=2.0, detail_bands=("mid", "coarse"))
+    torch.testing.assert_close(some[:, :1], visibility(bump)[:, :1])
+    assert some[:, 1:].amax() == 0
 
 
 def test_texture_lowcut_takes_out_the_slow_part_and_leaves_flats_alone():
@@ -749,6 +753,8 @@ def test_texture_flat_ramp_must_rise():
         compose(["texture"], {"texture": {"range_margin": "0.6"}})
     with pytest.raises(ConfigError, match="detail_sigma"):
         compose(["texture"], {"texture": {"detail_sigma": "-1"}})
+    with pytest.raises(ConfigError, match="detail_bands"):
+        compose(["texture"], {"texture": {"detail_bands": "mid,glossy"}})
 
 
 def test_texture_structure_cap_shrinks_the_change_where_the_original_has_no_mid_scale_pattern():

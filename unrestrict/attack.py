@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .features import FeatureTap, feature_importance, feature_loss
 from .jpeg import decode_rgb, encode_jpeg
 from .models import Ensemble
-from .naturalness import local_keep, naturalness, worst_ratio
+from .naturalness import block_excess, clip_share, naturalness, worst_ratio
 from .perturb import DEFAULT_FAMILIES, FAMILY_ORDER, Composite, compose
 from .perturb.texture import TextureConfig
 from .settings import setting
@@ -69,9 +69,13 @@ Decision = Literal["minimal", "strongest", "original", "ensemble", "limited"]
 FailurePolicy = Literal["strongest", "original", "ensemble"]
 # Bisection steps that scale a result back within the naturalness limits (natural_limit).
 LIMIT_STEPS = 4
-# limit_local aims the blockwise measures this far under their limits: a block's change
-# reaches into its neighbours' bands, and JPEG adds its own.
-LOCAL_MARGIN = 0.9
+# How natural_limit brings an over-limit result back (both bisect for the largest change
+# known to stay within the limits).
+LIMIT_SHRINKS: dict[str, str] = {
+    "scale": "every parameter scaled by one factor",
+    "blocks": "the blocks where added detail or reshaped structure show the most shrunk to a "
+              "level, the others kept",
+}
 # What an image that never fools the validation models is given.
 FAILURE_POLICIES: dict[str, str] = {
     "strongest": "the strongest result within the bounds (the most changed)",
@@ -152,11 +156,8 @@ class AttackConfig:
                                         "multiple of its limit (1: the limits themselves), "
                                         "even if the validation models are not fooled; "
                                         "0 = off.")
-    limit_local: int = setting(0, "With natural_limit: rounds that first shrink an over-limit "
-                                  "result's change block by block, where the blockwise "
-                                  "measures (added detail, reshaped structure) exceed, "
-                                  "before it is scaled back as a whole; 0 = scale back "
-                                  "only.")
+    limit_shrink: str = setting("scale", "With natural_limit: how an over-limit result is "
+                                         "brought back within the limits.", LIMIT_SHRINKS)
     limit_continue: bool = setting(False, "With natural_limit: an image stopped at the limits "
                                           "keeps optimising in the remaining stages at its "
                                           "limited budget, instead of ending there.")
@@ -183,7 +184,8 @@ class AttackConfig:
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
             (self.refine >= 0, "refine must be >= 0"),
             (self.natural_limit >= 0, "natural_limit must be >= 0 (0: off)"),
-            (self.limit_local >= 0, "limit_local must be >= 0 (0: off)"),
+            (self.limit_shrink in LIMIT_SHRINKS,
+             f"limit_shrink must be one of {', '.join(LIMIT_SHRINKS)}"),
             (self.step_size is None or self.step_size > 0, "step_size must be > 0"),
             (self.on_failure in FAILURE_POLICIES,
              f"on_failure must be one of {', '.join(FAILURE_POLICIES)}"),
@@ -620,11 +622,10 @@ class Attack:
     def _limit(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], scales: list[float],
                cands: list[_Candidate]) -> dict[int, dict[str, Tensor]]:
         """With ``natural_limit``: the candidates whose result shows as an edit, each brought
-        within the limits (``scales`` and ``cands`` updated in place) and mapped to its new
-        parameters (CPU). With ``limit_local``, the change is first shrunk block by block
-        where the blockwise measures exceed (:func:`~unrestrict.naturalness.local_keep`);
-        then, if still over, scaled back by bisection to the largest scale known to stay
-        within the limits (0, the original re-encoded, at worst)."""
+        back within the limits by bisection (``limit_shrink``: on one scale for every
+        parameter, or on the level the most edited blocks are shrunk to) to the largest
+        change known to stay within them (none, the original re-encoded, at worst).
+        ``scales`` and ``cands`` are updated in place; returns their new parameters (CPU)."""
         cfg = self.config
         if not cfg.natural_limit:
             return {}
@@ -636,28 +637,53 @@ class Attack:
         x, y = x[o], y[o]
         full = scale_rows({k: v[o] for k, v in params.items()},
                           torch.tensor([scales[j] for j in over]))
-        decoded = torch.stack([cands[j].decoded for j in over])
-        lo, hi = torch.zeros(len(over)), torch.ones(len(over))
-        for _ in range(cfg.limit_local):
-            keep = local_keep(x, decoded.float() / 255, LOCAL_MARGIN)
-            full = self.composite.localize(full, keep)
-            decoded = self.render(x, full)[1]
-        if cfg.limit_local:  # those the local shrink brought within need no scaling back
-            lo = (self._edit_ratio(x, decoded) <= cfg.natural_limit).float()
-        for _ in range(LIMIT_STEPS):
-            if bool((lo == 1).all()):
-                break
-            mid = (lo + hi) / 2
-            within = self._edit_ratio(x, self.render(x, scale_rows(full, mid))[1]) \
-                <= cfg.natural_limit
-            lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
-        final = scale_rows(full, lo)
-        judged = self._evaluate(x, y, final)
+        if cfg.limit_shrink == "scale":
+            t = self._bisect(x, lambda u: scale_rows(full, u))
+            final = scale_rows(full, t)
+        else:
+            final, t = self._shrink_blocks(x, full, cands, over)
         out = {}
-        for n, (j, t, c) in enumerate(zip(over, lo.tolist(), judged, strict=True)):
-            scales[j], cands[j] = scales[j] * t, c
+        for n, (j, tj, c) in enumerate(zip(over, t.tolist(), self._evaluate(x, y, final),
+                                           strict=True)):
+            scales[j], cands[j] = scales[j] * tj, c
             out[j] = {k: v[n].detach().cpu() for k, v in final.items()}
         return out
+
+    def _bisect(self, x: Tensor, at: Callable[[Tensor], dict[str, Tensor]]) -> Tensor:
+        """The largest t in [0, 1] (per image, (B,)) found within the naturalness limits by
+        bisection on the parameters ``at(t)``, ``at(0)`` taken to be within."""
+        lo, hi = torch.zeros(x.shape[0]), torch.ones(x.shape[0])
+        for _ in range(LIMIT_STEPS):
+            mid = (lo + hi) / 2
+            within = self._edit_ratio(x, self.render(x, at(mid))[1]) <= self.config.natural_limit
+            lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
+        return lo
+
+    def _shrink_blocks(self, x: Tensor, full: dict[str, Tensor], cands: list[_Candidate],
+                       over: list[int]) -> tuple[dict[str, Tensor], Tensor]:
+        """``full`` with the blocks where the result shows the most as an edit shrunk to the
+        level of the least edited of them (bisection on the share of blocks left whole),
+        global parameters kept; an image that no level brings within is scaled back as a
+        whole instead. Returns the parameters and
+        each image's scale (1 where only blocks shrank), (B,)."""
+        excess = block_excess(x, torch.stack([cands[j].decoded for j in over]).float() / 255)
+        ranked = excess.flatten(1).sort(1).values
+
+        def at(t: Tensor) -> dict[str, Tensor]:  # t: the share of blocks left whole
+            pick = (t.to(x.device) * (ranked.shape[1] - 1)).round().long()
+            return self.composite.localize(full, clip_share(excess, ranked.gather(
+                1, pick[:, None])[:, 0]))
+
+        level = self._bisect(x, at)
+        final, scale = at(level), torch.ones(len(level))
+        stuck = (level == 0).nonzero().flatten().tolist()
+        if stuck:  # the global change alone shows: scale everything back
+            s = torch.tensor(stuck, device=x.device)
+            sub = {k: v[s] for k, v in full.items()}
+            scale[stuck] = self._bisect(x[s], lambda u: scale_rows(sub, u))
+            for k, v in scale_rows(sub, scale[stuck]).items():
+                final[k][s] = v
+        return final, scale
 
     @staticmethod
     def _edit_ratio(x: Tensor, decoded: Tensor) -> Tensor:

@@ -56,7 +56,8 @@ __all__ = [
     "structure_band",
     "global_color_fit",
     "worst_ratio",
-    "local_keep",
+    "block_excess",
+    "clip_share",
 ]
 
 Measure = Callable[[Tensor, Tensor], "Tensor | tuple[Tensor, ...]"]
@@ -289,54 +290,42 @@ def _structure_blocks(orig: Tensor, result: Tensor) -> Tensor:
 
 
 # The measures that are statistics over 16x16 blocks: their per-block values, and each
-# reported key's statistic ("mean", or a quantile).
+# reported key's statistic ("mean" or a quantile).
 _BLOCKWISE: tuple[tuple[Callable[[Tensor, Tensor], Tensor], dict[str, str | float]], ...] = (
     (_detail_blocks, {"detail_excess": "mean", "detail_excess_p95": 0.95}),
     (_structure_blocks, {"structure_change": "mean", "structure_change_p99": 0.99}),
 )
 
 
-def _clip_level(values: Tensor, stats: dict[str, str | float], margin: float) -> Tensor:
-    """The largest level c per image such that ``min(values, c)`` has every statistic in
-    ``stats`` within ``margin`` times its limit (inf where ``values`` already do). ``values``:
-    (B, n); returns (B,)."""
-    level = torch.full(values.shape[:1], math.inf, dtype=values.dtype, device=values.device)
-    for key, stat in stats.items():
-        limit = LIMITS[key] * margin
-        if stat == "mean":
-            # mean(min(values, c)) grows with c: bisect for the c where it meets the limit.
-            lo, hi = torch.zeros_like(level), values.amax(1)
-            for _ in range(30):
-                mid = (lo + hi) / 2
-                ok = torch.minimum(values, mid[:, None]).mean(1) <= limit
-                lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-            over = values.mean(1) > limit
-        else:  # a quantile of min(values, c) is min(that quantile, c)
-            lo = torch.full_like(level, limit)
-            over = torch.quantile(values, float(stat), dim=1) > limit
-        level = torch.where(over, torch.minimum(level, lo), level)
-    return level
-
-
 @torch.no_grad()
-def local_keep(orig: Tensor, result: Tensor, margin: float = 0.9) -> Tensor:
-    """Per 16x16 block, the share of the change to keep so that the blockwise measures (added
-    fine detail, reshaped structure) come within ``margin`` times their limits, if a block's
-    value scales with its change (it does, up to what the bands carry across blocks): blocks
-    above a clip level keep ``level / value``, the others all of it. Each block then takes
-    its neighbourhood's smallest share, smoothed, since a neighbour's change reaches into
-    its bands. (B, 1, H // BLOCK, W // BLOCK) in [0, 1]."""
+def block_excess(orig: Tensor, result: Tensor) -> Tensor:
+    """Per 16x16 block, how much the result shows there as an edit: the largest of the
+    blockwise measures (added fine detail, reshaped structure) past their limits, each as a
+    multiple of the limit of its mean (all of them where none is past). Each scales with the
+    change in its block. (B, 1, H // BLOCK, W // BLOCK)."""
     check_images(orig, "orig")
     check_images(result, "result")
     orig, result = orig.float(), result.float()
-    keep = torch.ones(1, device=orig.device)
+    parts, past = [], []
     for blocks, stats in _BLOCKWISE:
         values = blocks(orig, result)
-        level = _clip_level(values.flatten(1), stats, margin).view(-1, 1, 1)
-        keep = torch.minimum(keep, (level / values.clamp_min(1e-12)).clamp(max=1))
-    keep = keep[:, None]
-    keep = -F.max_pool2d(F.pad(-keep, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return F.avg_pool2d(F.pad(keep, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        flat = values.flatten(1)
+        past.append(torch.stack([
+            (flat.mean(1) if stat == "mean" else torch.quantile(flat, float(stat), dim=1))
+            > LIMITS[key] for key, stat in stats.items()]).any(0))
+        parts.append(values / LIMITS[next(iter(stats))])
+    over = torch.stack(past)  # (measures, B)
+    over = over | ~over.any(0)
+    return torch.stack(parts).mul(over.view(*over.shape, 1, 1).to(orig.dtype)).amax(0)[:, None]
+
+
+def clip_share(excess: Tensor, level: Tensor) -> Tensor:
+    """The share of the change each block keeps so that no block's :func:`block_excess`
+    passes ``level`` ((B,), per image): ``level / excess`` where that is below 1, averaged
+    over each block's 3x3 neighbourhood, as a neighbour's change reaches into its bands.
+    (B, 1, h, w) in [0, 1]."""
+    share = (level.view(-1, 1, 1, 1) / excess.clamp_min(1e-12)).clamp(max=1)
+    return F.avg_pool2d(F.pad(share, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
 @torch.no_grad()

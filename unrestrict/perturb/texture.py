@@ -165,7 +165,8 @@ def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
-               range_margin: float = 0.0, detail_sigma: float = 0.0) -> Tensor:
+               range_margin: float = 0.0, detail_sigma: float = 0.0,
+               detail_bands: tuple[str, ...] | None = None) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -180,14 +181,18 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
             its band's full map; a pixel at either extreme gets none.
         detail_sigma: 0, or measure ``flat`` on the luminance minus its blur of this sigma
             (detail only), not on the luminance itself.
+        detail_bands: the bands ``detail_sigma`` applies to (None: all); the others measure
+            ``flat`` on the luminance.
 
     Returns:
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
-    active = _activity(luma, *flat, detail_sigma)
+    plain = _activity(luma, *flat)
+    detail = _activity(luma, *flat, detail_sigma) if detail_sigma > 0 else plain
     maps = []
-    for _, (s0, s1), _ in bands:
+    for name, (s0, s1), _ in bands:
+        active = detail if detail_bands is None or name in detail_bands else plain
         amp = _band_amplitude(luma, (s0, s1), density_scale)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
@@ -234,6 +239,8 @@ class TextureConfig:
     # Gaussian sigma (px) of the blur subtracted from the luminance before flat_start/flat_full
     # measure it (0: the plain std, which counts smooth shading as activity).
     detail_sigma: float = 0.0
+    # The bands detail_sigma applies to, comma-separated; the others keep the plain std.
+    detail_bands: str = "fine,mid,coarse"
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -284,6 +291,10 @@ class TextureFamily(Family):
             raise ConfigError("texture needs 0 <= flat_start <= flat_full")
         if self.config.detail_sigma < 0:
             raise ConfigError("texture detail_sigma must be >= 0 (0: plain luminance std)")
+        names = [b for b, *_ in BANDS]
+        if not set(self._detail_bands()) <= set(names):
+            raise ConfigError(f"texture detail_bands must name bands from {', '.join(names)}, "
+                              f"comma-separated; got {self.config.detail_bands!r}")
         for band in CHROMA_BANDS:
             ratio = getattr(self.config, f"chroma_{band}")
             if ratio < 0 or (ratio > 0 and (self.config.channels != "luma"
@@ -303,6 +314,9 @@ class TextureFamily(Family):
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
+
+    def _detail_bands(self) -> tuple[str, ...]:
+        return tuple(b.strip() for b in self.config.detail_bands.split(",") if b.strip())
 
     def _bands(self) -> list[tuple[int, str, int, float]]:
         """(index into the visibility maps, name, stride, ratio) of each band switched on."""
@@ -355,7 +369,8 @@ class TextureFamily(Family):
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
         vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
-                          c.detail_sigma) if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
+                          c.detail_sigma, self._detail_bands())
+               if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
             vis = torch.minimum(vis, c.cap / 255 / self._band_ratios(vis))
         if c.structure_cap > 0 and self._bands():
@@ -373,9 +388,11 @@ class TextureFamily(Family):
         gains = self._gains()
         if gains:  # the original's signed bands, 0 where the luminance is flat
             luma = KC.rgb_to_grayscale(x.float())
-            active = _activity(luma, *flat, c.detail_sigma)
+            plain = _activity(luma, *flat)
+            detail = _activity(luma, *flat, c.detail_sigma) if c.detail_sigma > 0 else plain
             bands = []
-            for _, (s0, s1), _ in gains.values():
+            for name, (_, (s0, s1), _) in gains.items():
+                active = detail if name in self._detail_bands() else plain
                 band = (_blur(luma, s0) - _blur(luma, s1)) * active
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
