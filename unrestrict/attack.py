@@ -641,7 +641,8 @@ class Attack:
             t = self._bisect(x, lambda u: scale_rows(full, u))
             final = scale_rows(full, t)
         else:
-            final, t = self._shrink_blocks(x, full, cands, over)
+            final, t = self._shrink_blocks(x, full, torch.stack([cands[j].decoded
+                                                                 for j in over]))
         out = {}
         for n, (j, tj, c) in enumerate(zip(over, t.tolist(), self._evaluate(x, y, final),
                                            strict=True)):
@@ -659,14 +660,14 @@ class Attack:
             lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
         return lo
 
-    def _shrink_blocks(self, x: Tensor, full: dict[str, Tensor], cands: list[_Candidate],
-                       over: list[int]) -> tuple[dict[str, Tensor], Tensor]:
-        """``full`` with the blocks where the result shows the most as an edit shrunk to the
-        level of the least edited of them (bisection on the share of blocks left whole),
-        global parameters kept; an image that no level brings within is scaled back as a
-        whole instead. Returns the parameters and
-        each image's scale (1 where only blocks shrank), (B,)."""
-        excess = block_excess(x, torch.stack([cands[j].decoded for j in over]).float() / 255)
+    def _shrink_blocks(self, x: Tensor, full: dict[str, Tensor],
+                       decoded: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """``full`` (whose results are ``decoded``, uint8) with the blocks where the result
+        shows the most as an edit shrunk to the level of the least edited of them (bisection
+        on the share of blocks left whole), global parameters kept; an image that no level
+        brings within is scaled back as a whole instead. Returns the parameters and each
+        image's scale (1 where only blocks shrank), (B,)."""
+        excess = block_excess(x, decoded.float() / 255)
         ranked = excess.flatten(1).sort(1).values
 
         def at(t: Tensor) -> dict[str, Tensor]:  # t: the share of blocks left whole

@@ -103,6 +103,9 @@ FLAT_STD = 4 / 255
 BAND_SIGMAS = (0.7, 2.0)
 BLOCK = 16
 STRUCTURE_SIGMAS = (2.0, 5.0)
+# The block quantiles added detail and reshaped structure report beside their means.
+DETAIL_QUANTILE = 0.95
+STRUCTURE_QUANTILE = 0.99
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
@@ -206,7 +209,7 @@ def detail_excess(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     if min(orig.shape[-2:]) < BLOCK:
         raise ValueError(f"detail_excess needs images of at least {BLOCK}x{BLOCK} pixels")
     ratio = _detail_blocks(orig, result).flatten(1)
-    return ratio.mean(1), torch.quantile(ratio, 0.95, dim=1)
+    return ratio.mean(1), torch.quantile(ratio, DETAIL_QUANTILE, dim=1)
 
 
 def _detail_blocks(orig: Tensor, result: Tensor) -> Tensor:
@@ -271,29 +274,33 @@ def structure_change(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
     """
     if min(orig.shape[-2:]) < BLOCK:
         raise ValueError(f"structure_change needs images of at least {BLOCK}x{BLOCK} pixels")
-    res = _luma255(result)
-    plain = _structure_residual(_luma255(orig), res).flatten(1)
-    graded = _structure_residual(_luma255(global_color_fit(orig, result)), res).flatten(1)
     out = []
-    for r in (plain, graded):
-        out.append(torch.stack([r.mean(1), torch.quantile(r, 0.99, dim=1)]))
+    for r in _structure_residuals(orig, result):
+        r = r.flatten(1)
+        out.append(torch.stack([r.mean(1), torch.quantile(r, STRUCTURE_QUANTILE, dim=1)]))
     mean, p99 = torch.minimum(*out)
     return mean, p99
 
 
-def _structure_blocks(orig: Tensor, result: Tensor) -> Tensor:
-    """Per block, the smaller of :func:`structure_change`'s two residuals (against the original
-    and its global colour map). (B, H // BLOCK, W // BLOCK)."""
+def _structure_residuals(orig: Tensor, result: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`structure_change`'s residual per block against the original and against its
+    global colour map. Each (B, H // BLOCK, W // BLOCK)."""
     res = _luma255(result)
-    return torch.minimum(_structure_residual(_luma255(orig), res),
-                         _structure_residual(_luma255(global_color_fit(orig, result)), res))
+    return (_structure_residual(_luma255(orig), res),
+            _structure_residual(_luma255(global_color_fit(orig, result)), res))
+
+
+def _structure_blocks(orig: Tensor, result: Tensor) -> Tensor:
+    """Per block, the smaller of :func:`structure_change`'s two residuals."""
+    return torch.minimum(*_structure_residuals(orig, result))
 
 
 # The measures that are statistics over 16x16 blocks: their per-block values, and each
 # reported key's statistic ("mean" or a quantile).
 _BLOCKWISE: tuple[tuple[Callable[[Tensor, Tensor], Tensor], dict[str, str | float]], ...] = (
-    (_detail_blocks, {"detail_excess": "mean", "detail_excess_p95": 0.95}),
-    (_structure_blocks, {"structure_change": "mean", "structure_change_p99": 0.99}),
+    (_detail_blocks, {"detail_excess": "mean", "detail_excess_p95": DETAIL_QUANTILE}),
+    (_structure_blocks, {"structure_change": "mean",
+                         "structure_change_p99": STRUCTURE_QUANTILE}),
 )
 
 

@@ -40,7 +40,7 @@ branches against a white sky however much lightness detail they have.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -124,6 +124,15 @@ def _activity(luma: Tensor, lo: float, hi: float, detail_sigma: float = 0.0) -> 
     return ((std - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # hi == lo: a step
 
 
+def _band_activities(luma: Tensor, flat: tuple[float, float], detail_sigma: float,
+                     names: Sequence[str], detail_bands: Sequence[str] | None) -> list[Tensor]:
+    """Each named band's flat ramp (:func:`_activity`): measured on detail for the bands in
+    ``detail_bands`` (None: all), on the luminance for the others."""
+    plain = _activity(luma, *flat)
+    detail = _activity(luma, *flat, detail_sigma) if detail_sigma > 0 else plain
+    return [detail if detail_bands is None or n in detail_bands else plain for n in names]
+
+
 def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
     """How far each pixel sits from the extremes of its ``window`` neighbourhood, as a gate:
     0 at the local minimum or maximum, 1 once ``margin`` of the local range away from both.
@@ -188,11 +197,9 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
-    plain = _activity(luma, *flat)
-    detail = _activity(luma, *flat, detail_sigma) if detail_sigma > 0 else plain
+    actives = _band_activities(luma, flat, detail_sigma, [b[0] for b in bands], detail_bands)
     maps = []
-    for name, (s0, s1), _ in bands:
-        active = detail if detail_bands is None or name in detail_bands else plain
+    for (_, (s0, s1), _), active in zip(bands, actives, strict=True):
         amp = _band_amplitude(luma, (s0, s1), density_scale)
         if edge_power > 0:
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
@@ -388,11 +395,10 @@ class TextureFamily(Family):
         gains = self._gains()
         if gains:  # the original's signed bands, 0 where the luminance is flat
             luma = KC.rgb_to_grayscale(x.float())
-            plain = _activity(luma, *flat)
-            detail = _activity(luma, *flat, c.detail_sigma) if c.detail_sigma > 0 else plain
+            actives = _band_activities(luma, flat, c.detail_sigma, list(gains),
+                                       self._detail_bands())
             bands = []
-            for name, (_, (s0, s1), _) in gains.items():
-                active = detail if name in self._detail_bands() else plain
+            for (_, (s0, s1), _), active in zip(gains.values(), actives, strict=True):
                 band = (_blur(luma, s0) - _blur(luma, s1)) * active
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
