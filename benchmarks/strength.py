@@ -257,6 +257,8 @@ CONFIGS: dict[str, list[str]] = {
         "--preset", "natural", "--set", "texture.detail_sigma=2",
         "--set", "texture.detail_bands=mid,coarse"],
     "capped natural, shrink blocks": ["--preset", "natural", "--limit-shrink", "blocks"],
+    "capped natural, grade x2": ["--preset", "natural", *_grade_budget(0.5)],
+    "capped natural, old grade": ["--preset", "natural", *_grade_budget(1.0)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -456,6 +458,10 @@ DESCRIPTION = {
                                      "result is brought within the limits by shrinking its "
                                      "most edited blocks (added detail, reshaped structure) "
                                      "to a level found by bisection, not by scaling it all",
+    "capped natural, grade x2": "the structure-capped natural preset with twice its global "
+                                "grade's bounds (half the old grade's)",
+    "capped natural, old grade": "the structure-capped natural preset with the old global "
+                                 "grade's bounds (4x its own; tone shift held by the limit)",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
