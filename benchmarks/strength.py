@@ -87,6 +87,7 @@ def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[st
     bands = [f"texture.{band}={value * scale:g}" for band, value in FINE_TEXTURE.items()]
     return ["--preset", "natural", "--stages", str(stages),
             "--set", f"texture.structure_cap={structure_cap:g}",
+            "--set", "texture.detail_sigma=0",
             *(a for b in bands for a in ("--set", b))]
 
 
@@ -110,9 +111,13 @@ FINE_NATURAL_TEXT = ("the natural preset of `00b6644` (texture fine 6.4, mid and
                      "stages)")
 # The natural preset before `00b6644` moved its texture to the fine band: rows measured
 # against it keep their meaning.
-OLD_NATURAL = ["--preset", "natural", "--set", "texture.fine=3.2", "--set", "texture.mid=8",
-               "--set", "texture.coarse=8"]
+OLD_NATURAL = ["--preset", "natural", "--stages", "4", "--set", "texture.fine=3.2",
+               "--set", "texture.mid=8", "--set", "texture.coarse=8",
+               "--set", "texture.structure_cap=0", "--set", "texture.detail_sigma=0"]
 OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"
+# The structure-capped natural preset of `9409066`, before its mid and coarse bands' flat ramp
+# moved to detail: rows `capped natural, ...` keep running it.
+CAPPED_NATURAL = ["--preset", "natural", "--set", "texture.detail_sigma=0"]
 
 
 CONFIGS: dict[str, list[str]] = {
@@ -221,9 +226,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, mid+coarse as gain 1": [*OLD_NATURAL, *_gain_only(1.0)],
     "natural preset, limit continue": [*OLD_NATURAL, "--limit-continue"],
     "natural preset, fine x2": [*OLD_NATURAL, "--set", "texture.fine=6.4"],
-    "natural preset, fine x2, mid+coarse x0.5": [
-        "--preset", "natural", "--set", "texture.fine=6.4", "--set", "texture.mid=4",
-        "--set", "texture.coarse=4"],
+    "natural preset, fine x2, mid+coarse x0.5": FINE_NATURAL,
     "natural preset + light 0.05": [*OLD_NATURAL, "--family", "texture,style,color",
                                     "--set", "style.matrix=0", "--set", "style.offset=0",
                                     "--set", "style.detail=0", "--set", "style.exposure=0.05"],
@@ -250,15 +253,16 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, structure cap 8, texture x2, 8 stages, seed 1": [
         *_natural_texture(2, 8, 8), "--seed", "1"],
     # On the structure-capped natural preset (the default since it).
-    "capped natural, mid and coarse 4": ["--preset", "natural", "--set", "texture.mid=4",
+    "capped natural, mid and coarse 4": [*CAPPED_NATURAL, "--set", "texture.mid=4",
                                          "--set", "texture.coarse=4"],
-    "capped natural, detail 2": ["--preset", "natural", "--set", "texture.detail_sigma=2"],
+    "capped natural, detail 2": ["--preset", "natural", "--set", "texture.detail_sigma=2",
+                                 "--set", "texture.detail_bands=fine,mid,coarse"],
     "capped natural, detail 2 on mid and coarse": [
         "--preset", "natural", "--set", "texture.detail_sigma=2",
         "--set", "texture.detail_bands=mid,coarse"],
-    "capped natural, shrink blocks": ["--preset", "natural", "--limit-shrink", "blocks"],
-    "capped natural, grade x2": ["--preset", "natural", *_grade_budget(0.5)],
-    "capped natural, old grade": ["--preset", "natural", *_grade_budget(1.0)],
+    "capped natural, shrink blocks": [*CAPPED_NATURAL, "--limit-shrink", "blocks"],
+    "capped natural, grade x2": [*CAPPED_NATURAL, *_grade_budget(0.5)],
+    "capped natural, old grade": [*CAPPED_NATURAL, *_grade_budget(1.0)],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",

@@ -218,9 +218,10 @@ PIXEL_BASELINE = AttackConfig(
 # Named starting points for `generate --preset`; every other option overrides them.
 _TEXTURE = TextureConfig()
 # natural's texture: most in the fine band and the sum capped by the original's mid-scale
-# structure, as reshaped structure (that scale) is the limit that binds (README: Presets).
+# structure, as reshaped structure (that scale) is the limit that binds; the mid and coarse
+# bands kept off smooth shading, where they drew blotches on glossy leather (README: Presets).
 _NATURAL_TEXTURE = {"fine": _TEXTURE.fine * 4, "mid": _TEXTURE.mid, "coarse": _TEXTURE.coarse,
-                    "structure_cap": 8.0}
+                    "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse"}
 _NATURAL_STAGES = 8
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
@@ -239,7 +240,8 @@ PRESETS: dict[str, AttackConfig] = {
 PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail (fine band {fine:g}, mid "
                "{mid:g}, coarse {coarse:g}, their sum at most {structure_cap:g}x the "
-               "original's mid-scale structure) plus a mild global colour grade, per-image "
+               "original's mid-scale structure; the mid and coarse bands off smooth shading) "
+               "plus a mild global colour grade, per-image "
                "budget in {stages} stages checked on the validation models, surrogate "
                "gradients; an image stops growing where its result would show as an edit "
                "(--natural-limit 1), so every result stays within the naturalness "
