@@ -295,13 +295,9 @@ def _structure_blocks(orig: Tensor, result: Tensor) -> Tensor:
     return torch.minimum(*_structure_residuals(orig, result))
 
 
-# The measures that are statistics over 16x16 blocks: their per-block values, and each
-# reported key's statistic ("mean" or a quantile).
-_BLOCKWISE: tuple[tuple[Callable[[Tensor, Tensor], Tensor], dict[str, str | float]], ...] = (
-    (_detail_blocks, {"detail_excess": "mean", "detail_excess_p95": DETAIL_QUANTILE}),
-    (_structure_blocks, {"structure_change": "mean",
-                         "structure_change_p99": STRUCTURE_QUANTILE}),
-)
+# The measures that are statistics over 16x16 blocks, each with its per-block values.
+_BLOCKWISE: tuple[tuple[Measure, Callable[[Tensor, Tensor], Tensor]], ...] = (
+    (detail_excess, _detail_blocks), (structure_change, _structure_blocks))
 
 
 @torch.no_grad()
@@ -314,13 +310,11 @@ def block_excess(orig: Tensor, result: Tensor) -> Tensor:
     check_images(result, "result")
     orig, result = orig.float(), result.float()
     parts, past = [], []
-    for blocks, stats in _BLOCKWISE:
-        values = blocks(orig, result)
-        flat = values.flatten(1)
-        past.append(torch.stack([
-            (flat.mean(1) if stat == "mean" else torch.quantile(flat, float(stat), dim=1))
-            > LIMITS[key] for key, stat in stats.items()]).any(0))
-        parts.append(values / LIMITS[next(iter(stats))])
+    for measure, blocks in _BLOCKWISE:
+        keys = _REGISTRY[measure.__name__][1]
+        past.append(torch.stack([value > LIMITS[key] for key, value in
+                                 zip(keys, measure(orig, result), strict=True)]).any(0))
+        parts.append(blocks(orig, result) / LIMITS[keys[0]])
     over = torch.stack(past)  # (measures, B)
     over = over | ~over.any(0)
     return torch.stack(parts).mul(over.view(*over.shape, 1, 1).to(orig.dtype)).amax(0)[:, None]
