@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration  # loads the offline weights
 
 # A fast configuration: one small attack model, a different validation model, few steps.
 FAST = ["--models", "mobilenet_v2", "--val-models", "efficientnet_lite0", "--stages", "2",
-        "--steps", "2", "--refine", "1", "--num-workers", "0", "-b", "2", "--quiet"]
+        "--steps", "2", "--refine", "1", "--num-workers", "0", "--cpu-batch", "2", "-b", "2",
+        "--quiet"]
 
 
 def run(args, ok=True):

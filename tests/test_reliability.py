@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration  # loads the offline weights
 ROOT = Path(__file__).resolve().parents[1]
 # One small attack model, another for the budget check, few steps: seconds per image.
 FAST = ["--models", "mobilenet_v2", "--val-models", "efficientnet_lite0", "--stages", "2",
-        "--steps", "2", "--refine", "1", "--num-workers", "0", "--quiet"]
+        "--steps", "2", "--refine", "1", "--num-workers", "0", "--cpu-batch", "2", "--quiet"]
 
 
 def invoke(*args: str):
@@ -98,9 +98,11 @@ def test_two_ranks_killed_and_rerun_equal_one_process(four, tmp_path):
     inp, ref = four
     out = tmp_path / "out"
     args = cmd(inp, out, *FAST, "-b", "1")
-    r0 = subprocess.Popen(args, env=env(RANK="0", WORLD_SIZE="2"), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-    r1 = subprocess.Popen(args, env=env(RANK="1", WORLD_SIZE="2"), start_new_session=True,
+    # One thread each: two ranks at two threads each on a two-core machine spin-wait.
+    r0 = subprocess.Popen(args, env=env(RANK="0", WORLD_SIZE="2", OMP_NUM_THREADS="1"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r1 = subprocess.Popen(args, env=env(RANK="1", WORLD_SIZE="2", OMP_NUM_THREADS="1"),
+                          start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_log(out / ".unrestrict" / "log-rank001-of-002.jsonl", 1)
     os.killpg(r1.pid, signal.SIGKILL)
