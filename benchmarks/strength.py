@@ -118,6 +118,11 @@ OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and c
 # The structure-capped natural preset of `9409066`, before its mid and coarse bands' flat ramp
 # moved to detail: rows `capped natural, ...` keep running it.
 CAPPED_NATURAL = ["--preset", "natural", "--set", "texture.detail_sigma=0"]
+# The natural preset of `f58ac3c` (the mid and coarse bands' flat ramp on detail), pinned:
+# rows `ramped natural, ...` keep running it.
+RAMPED_NATURAL = ["--preset", "natural", "--stages", "8", *(a for b in (
+    "fine=12.8", "mid=8", "coarse=8", "structure_cap=8", "detail_sigma=2",
+    "detail_bands=mid,coarse") for a in ("--set", f"texture.{b}"))]
 
 
 CONFIGS: dict[str, list[str]] = {
@@ -263,6 +268,11 @@ CONFIGS: dict[str, list[str]] = {
     "capped natural, shrink blocks": [*CAPPED_NATURAL, "--limit-shrink", "blocks"],
     "capped natural, grade x2": [*CAPPED_NATURAL, *_grade_budget(0.5)],
     "capped natural, old grade": [*CAPPED_NATURAL, *_grade_budget(1.0)],
+    # On the natural preset of `f58ac3c`: the texture's budget between its bands.
+    "ramped natural, fine x2": [*RAMPED_NATURAL, "--set", "texture.fine=25.6"],
+    "ramped natural, fine x2, mid+coarse x0.5": [*RAMPED_NATURAL, "--set", "texture.fine=25.6",
+                                                 "--set", "texture.mid=4",
+                                                 "--set", "texture.coarse=4"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -276,9 +286,10 @@ CONFIGS = {k: v if k == DEFAULT_CONFIG or "--preset" in v else ["--preset", "bol
            for k, v in CONFIGS.items()}
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
-    "natural": "the default preset: texture (fine 6.4, mid and coarse 4) + mild global "
-               "grade, staged per-image budget, surrogate gradients, each image stopped at "
-               "the naturalness limits",
+    "natural": "the default preset (its settings at the table's commit; README: Presets): "
+               "texture hidden in the original's own detail + mild global grade, staged "
+               "per-image budget, surrogate gradients, each image stopped at the naturalness "
+               "limits",
     "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) without the "
             "naturalness limit (the default before commit `6a0f662`; rows `natural, ...` of "
             "earlier tables ran it)",
@@ -466,6 +477,11 @@ DESCRIPTION = {
                                 "grade's bounds (half the old grade's)",
     "capped natural, old grade": "the structure-capped natural preset with the old global "
                                  "grade's bounds (4x its own; tone shift held by the limit)",
+    "ramped natural, fine x2": "the natural preset of `f58ac3c` with twice its fine band "
+                               "(25.6): the budget the reshaped-structure limit reads least",
+    "ramped natural, fine x2, mid+coarse x0.5": "the natural preset of `f58ac3c` with the "
+                                                "texture's budget moved to the fine band (fine "
+                                                "25.6, mid and coarse 4)",
     "old natural (color+style, pre-redesign bounds)": "the preset before the redesign: colour "
                                                       "(with per-channel curves) + style",
 }
