@@ -15,6 +15,7 @@ from PIL import Image
 
 import unrestrict.score as score_mod
 from unrestrict.cli import cli
+from unrestrict.naturalness import LABELS, MEASURES
 from unrestrict.score import ScoreConfig, score
 
 pytestmark = pytest.mark.integration  # loads the offline weights
@@ -168,6 +169,8 @@ def test_report_ranks_by_naturalness_not_lpips(sample_copy, tmp_path):
     index = write_report(res, inp, adv, tmp_path / "rep")
     page = index.read_text()
     assert page.index("<b>0.jpg</b>") < page.index("<b>1.jpg</b>")
+    note = page.partition("Ranked by")[2].partition("</p>")[0]
+    assert all(LABELS.get(k, k) in note for k in MEASURES)  # the ranking names every measure
     assert "href=\"full/result/0.jpg\"" in page
     assert (tmp_path / "rep" / "full" / "result" / "0.jpg").read_bytes() == (
         adv / "0.jpg").read_bytes()

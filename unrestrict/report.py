@@ -15,7 +15,7 @@ from urllib.parse import quote
 import jinja2
 from PIL import Image, ImageDraw, ImageFont
 
-from .naturalness import LIMITS, MEASURES
+from .naturalness import LABELS, LIMITS, MEASURES
 from .score import ImageScore, ScoreResult, summary_rows
 from .submission import ResultSource
 
@@ -152,6 +152,7 @@ def write_report(result: ScoreResult, input_dir: Path, results_path: Path, out_d
         worst=[_card(im, models, names) for im in worst],
         failures=[_card(im, models, names) for im in failures],
         n_failures=sum(not all(i.fooled) for i in result.images),
+        ranked_by=", ".join(LABELS.get(k, k) for k in MEASURES),
     )
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
