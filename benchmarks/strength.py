@@ -273,6 +273,7 @@ CONFIGS: dict[str, list[str]] = {
     "ramped natural, fine x2, mid+coarse x0.5": [*RAMPED_NATURAL, "--set", "texture.fine=25.6",
                                                  "--set", "texture.mid=4",
                                                  "--set", "texture.coarse=4"],
+    "ramped natural, overshoot 0.5": [*RAMPED_NATURAL, "--set", "texture.overshoot=0.5"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -477,6 +478,10 @@ DESCRIPTION = {
                                 "grade's bounds (half the old grade's)",
     "capped natural, old grade": "the structure-capped natural preset with the old global "
                                  "grade's bounds (4x its own; tone shift held by the limit)",
+    "ramped natural, overshoot 0.5": "the natural preset of `f58ac3c` with each pixel's "
+                                     "luminance change at most half-way to the darkest or "
+                                     "brightest of its 3x3 neighbours in the original (no "
+                                     "fringe along a roof against the sky)",
     "ramped natural, fine x2": "the natural preset of `f58ac3c` with twice its fine band "
                                "(25.6): the budget the reshaped-structure limit reads least",
     "ramped natural, fine x2, mid+coarse x0.5": "the natural preset of `f58ac3c` with the "

@@ -792,3 +792,28 @@ def test_texture_structure_cap_shrinks_the_change_where_the_original_has_no_mid_
     assert reshaped(capped, lower) > 0.9 * reshaped(free, lower)
     with pytest.raises(ConfigError, match="structure_cap"):
         compose(["texture"], {"texture": {"structure_cap": "-1"}})
+
+
+def test_texture_overshoot_keeps_each_pixel_short_of_its_neighbours_extremes():
+    import kornia.color as KC
+
+    from unrestrict.perturb.texture import _local_range
+
+    # A textured roof under a flat sky at the texture's full bounds: unbounded, pixels by the
+    # edge end brighter than the brightest of their 3x3 neighbours (a white fringe) or darker
+    # than the darkest; with overshoot 0.5, each moves at most half-way to either.
+    x = _photo()[..., 10:90, 10:90].clone()
+    x[..., :30, :] = 0.85
+    luma = KC.rgb_to_grayscale(x)
+    lo, hi = _local_range(luma, 3)
+    out = {}
+    for share in (0.0, 0.5):
+        fam = compose(["texture"], {"texture": {"fine": 12.8, "overshoot": share}})
+        gen = torch.Generator().manual_seed(1)
+        params = {k: fam._bound(k, v) * torch.randn(v.shape, generator=gen).sign()
+                  for k, v in fam.init_params(x).items()}
+        out[share] = KC.rgb_to_grayscale(fam.apply(x, params))
+    assert ((out[0.0] > hi + 1e-3) | (out[0.0] < lo - 1e-3)).sum() > 10
+    assert (out[0.5] - luma <= 0.5 * (hi - luma) + 1e-5).all()
+    assert (luma - out[0.5] <= 0.5 * (luma - lo) + 1e-5).all()
+    assert (out[0.5] - luma).abs().amax() > 0.02  # a change is left to make

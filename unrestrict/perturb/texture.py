@@ -133,17 +133,23 @@ def _band_activities(luma: Tensor, flat: tuple[float, float], detail_sigma: floa
     return [detail if detail_bands is None or n in detail_bands else plain for n in names]
 
 
-def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
-    """How far each pixel sits from the extremes of its ``window`` neighbourhood, as a gate:
-    0 at the local minimum or maximum, 1 once ``margin`` of the local range away from both.
-    (B, 1, H, W)."""
+def _local_range(luma: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """The smallest and the largest value of each pixel's ``window`` x ``window``
+    neighbourhood (odd ``window``). Two (B, 1, H, W)."""
     pad = window // 2
     padded = F.pad(luma, (pad, pad, pad, pad), mode="replicate")
 
     def local_max(t: Tensor) -> Tensor:  # separable: rows, then columns
         return F.max_pool2d(F.max_pool2d(t, (1, window), stride=1), (window, 1), stride=1)
 
-    hi, lo = local_max(padded), -local_max(-padded)
+    return -local_max(-padded), local_max(padded)
+
+
+def _range_position(luma: Tensor, window: int, margin: float) -> Tensor:
+    """How far each pixel sits from the extremes of its ``window`` neighbourhood, as a gate:
+    0 at the local minimum or maximum, 1 once ``margin`` of the local range away from both.
+    (B, 1, H, W)."""
+    lo, hi = _local_range(luma, window)
     pos = ((luma - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     return (torch.minimum(pos, 1 - pos) / margin).clamp(max=1)
 
@@ -273,6 +279,11 @@ class TextureConfig:
     gain_fine: float = 0.0
     gain_mid: float = 0.0
     gain_coarse: float = 0.0
+    # Share of the way to the darkest or brightest of its 3x3 neighbours in the original that
+    # the luminance change may move a pixel (0: off). The range gate reads where a pixel
+    # starts, not where it ends: without this an edge pixel is carried past the sky beside it
+    # (a white fringe along a roof).
+    overshoot: float = 0.0
 
 
 def _grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -404,6 +415,11 @@ class TextureFamily(Family):
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
                 bands.append(band)
             out["bands"] = torch.cat(bands, 1).to(x.dtype)
+        if c.overshoot > 0:  # how far each pixel may move, down and up
+            luma = KC.rgb_to_grayscale(x.float())
+            lo, hi = _local_range(luma, 3)
+            out["overshoot_down"] = (c.overshoot * (lo - luma)).to(x.dtype)
+            out["overshoot_up"] = (c.overshoot * (hi - luma)).to(x.dtype)
         if c.lowcut <= 0:
             return out
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
@@ -445,6 +461,9 @@ class TextureFamily(Family):
             term = upsample_field(params[f"{name}_gain"], h, w, UPSAMPLE) \
                 * prepared["bands"][:, j : j + 1]
             delta = term if delta is None else delta + term
+        if delta is not None and "overshoot_down" in prepared:
+            delta = torch.minimum(torch.maximum(delta, prepared["overshoot_down"]),
+                                  prepared["overshoot_up"])
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
         for j, name in enumerate(self._chroma()):
             cvis = prepared["chroma_visibility"][:, j : j + 1]
