@@ -329,6 +329,9 @@ class TextureFamily(Family):
                               "mid-scale structure; 0: off)")
         if self.config.lowcut < 0:
             raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
+        if not 0 <= self.config.overshoot <= 1:
+            raise ConfigError("texture overshoot must be in [0, 1] (a share of the way to the "
+                              "3x3 neighbours' extremes; 0: off)")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
