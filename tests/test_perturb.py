@@ -817,5 +817,6 @@ def test_texture_overshoot_keeps_each_pixel_short_of_its_neighbours_extremes():
     assert (out[0.5] - luma <= 0.5 * (hi - luma) + 1e-5).all()
     assert (luma - out[0.5] <= 0.5 * (luma - lo) + 1e-5).all()
     assert (out[0.5] - luma).abs().amax() > 0.02  # a change is left to make
-    with pytest.raises(ConfigError, match="overshoot"):
-        compose(["texture"], {"texture": {"overshoot": 1.5}})
+    for bad in ({"overshoot": 1.5}, {"overshoot": 0.5, "channels": "rgb"}):
+        with pytest.raises(ConfigError, match="overshoot"):
+            compose(["texture"], {"texture": bad})

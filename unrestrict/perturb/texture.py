@@ -329,9 +329,11 @@ class TextureFamily(Family):
                               "mid-scale structure; 0: off)")
         if self.config.lowcut < 0:
             raise ConfigError("texture lowcut must be >= 0 (a Gaussian sigma in pixels; 0: off)")
-        if not 0 <= self.config.overshoot <= 1:
+        if not 0 <= self.config.overshoot <= 1 or (self.config.overshoot > 0
+                                                    and self.config.channels != "luma"):
             raise ConfigError("texture overshoot must be in [0, 1] (a share of the way to the "
-                              "3x3 neighbours' extremes; 0: off)")
+                              "3x3 neighbours' luminance extremes; 0: off), and needs "
+                              "channels 'luma'")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -406,9 +408,9 @@ class TextureFamily(Family):
                                       dtype=cvis.dtype)
                 cvis = torch.minimum(cvis, (c.cap / 255 / ratios).view(1, -1, 1, 1))
             out["chroma_visibility"] = cvis
+        luma = KC.rgb_to_grayscale(x.float())
         gains = self._gains()
         if gains:  # the original's signed bands, 0 where the luminance is flat
-            luma = KC.rgb_to_grayscale(x.float())
             actives = _band_activities(luma, flat, c.detail_sigma, list(gains),
                                        self._detail_bands())
             bands = []
@@ -419,7 +421,6 @@ class TextureFamily(Family):
                 bands.append(band)
             out["bands"] = torch.cat(bands, 1).to(x.dtype)
         if c.overshoot > 0:  # how far each pixel may move, down and up
-            luma = KC.rgb_to_grayscale(x.float())
             lo, hi = _local_range(luma, 3)
             out["overshoot_down"] = (c.overshoot * (lo - luma)).to(x.dtype)
             out["overshoot_up"] = (c.overshoot * (hi - luma)).to(x.dtype)
