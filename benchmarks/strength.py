@@ -274,6 +274,8 @@ CONFIGS: dict[str, list[str]] = {
                                                  "--set", "texture.mid=4",
                                                  "--set", "texture.coarse=4"],
     "ramped natural, overshoot 0.5": [*RAMPED_NATURAL, "--set", "texture.overshoot=0.5"],
+    "ramped natural, overshoot 0.5 by flat": [*RAMPED_NATURAL, "--set", "texture.overshoot=0.5",
+                                              "--set", "texture.overshoot_reach=7"],
     "old natural (color+style, pre-redesign bounds)": [
         "--family", "color,style", "--steps", "25", "--val-margin", "2",
         "--set", "color.brightness=0.06", "--set", "color.contrast=0.15",
@@ -482,6 +484,9 @@ DESCRIPTION = {
                                      "luminance change at most half-way to the darkest or "
                                      "brightest of its 3x3 neighbours in the original (no "
                                      "fringe along a roof against the sky)",
+    "ramped natural, overshoot 0.5 by flat": "as `ramped natural, overshoot 0.5`, but only "
+                                             "within 7 pixels of a flat one (an edge against "
+                                             "the sky); inside texture unbounded",
     "ramped natural, fine x2": "the natural preset of `f58ac3c` with twice its fine band "
                                "(25.6): the budget the reshaped-structure limit reads least",
     "ramped natural, fine x2, mid+coarse x0.5": "the natural preset of `f58ac3c` with the "

@@ -817,6 +817,34 @@ def test_texture_overshoot_keeps_each_pixel_short_of_its_neighbours_extremes():
     assert (out[0.5] - luma <= 0.5 * (hi - luma) + 1e-5).all()
     assert (luma - out[0.5] <= 0.5 * (luma - lo) + 1e-5).all()
     assert (out[0.5] - luma).abs().amax() > 0.02  # a change is left to make
-    for bad in ({"overshoot": 1.5}, {"overshoot": 0.5, "channels": "rgb"}):
+    for bad in ({"overshoot": 1.5}, {"overshoot": 0.5, "channels": "rgb"},
+                {"overshoot": 0.5, "overshoot_reach": -1}):
         with pytest.raises(ConfigError, match="overshoot"):
             compose(["texture"], {"texture": bad})
+
+
+def test_texture_overshoot_reach_bounds_the_edge_by_the_sky_and_spares_deep_texture():
+    import kornia.color as KC
+
+    from unrestrict.perturb.texture import _local_range
+
+    # The same roof under a sky: with overshoot_reach 4 the bound holds on the rows within
+    # four of the sky's last flat one (row 26: its 7x7 std reaches the roof at row 30), and
+    # not deep inside the roof.
+    x = _photo()[..., 10:90, 10:90].clone()
+    x[..., :30, :] = 0.85
+    luma = KC.rgb_to_grayscale(x)
+    lo, hi = _local_range(luma, 3)
+    fam = compose(["texture"], {"texture": {"fine": 12.8, "overshoot": 0.5,
+                                            "overshoot_reach": 4}})
+    weight = fam.families[0].prepare(x)["overshoot_weight"]
+    assert (weight[..., :31, :] == 1).all() and (weight[..., 31:, :] == 0).float().mean() > 0.3
+    gen = torch.Generator().manual_seed(1)
+    params = {k: fam._bound(k, v) * torch.randn(v.shape, generator=gen).sign()
+              for k, v in fam.init_params(x).items()}
+    out = KC.rgb_to_grayscale(fam.apply(x, params))
+    near = weight == 1
+    assert (out - luma <= 0.5 * (hi - luma) + 1e-5)[near].all()
+    assert (luma - out <= 0.5 * (luma - lo) + 1e-5)[near].all()
+    deep = weight == 0
+    assert ((out > hi + 1e-3) | (out < lo - 1e-3))[deep].sum() > 10

@@ -284,6 +284,10 @@ class TextureConfig:
     # starts, not where it ends: without this an edge pixel is carried past the sky beside it
     # (a white fringe along a roof).
     overshoot: float = 0.0
+    # Apply overshoot only within this many pixels of a flat one (the flat ramp at 0; 0: at
+    # every pixel). An edge shows its fringe against a flat side (a roof against the sky);
+    # inside texture the same overshoot hides, and carries much of what transfers.
+    overshoot_reach: int = 0
 
 
 def _grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -334,6 +338,9 @@ class TextureFamily(Family):
             raise ConfigError("texture overshoot must be in [0, 1] (a share of the way to the "
                               "3x3 neighbours' luminance extremes; 0: off), and needs "
                               "channels 'luma'")
+        if self.config.overshoot_reach < 0:
+            raise ConfigError("texture overshoot_reach must be >= 0 (pixels from a flat one; "
+                              "0: every pixel)")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -424,6 +431,10 @@ class TextureFamily(Family):
             lo, hi = _local_range(luma, 3)
             out["overshoot_down"] = (c.overshoot * (lo - luma)).to(x.dtype)
             out["overshoot_up"] = (c.overshoot * (hi - luma)).to(x.dtype)
+            if c.overshoot_reach > 0:  # 1 within reach of a flat pixel, 0 deep in texture
+                active = _activity(luma, *flat, c.detail_sigma)
+                out["overshoot_weight"] = (
+                    1 - _local_range(active, 2 * c.overshoot_reach + 1)[0]).to(x.dtype)
         if c.lowcut <= 0:
             return out
         # Normalised convolution with each pixel's bound as its weight: the mean goes back
@@ -466,8 +477,10 @@ class TextureFamily(Family):
                 * prepared["bands"][:, j : j + 1]
             delta = term if delta is None else delta + term
         if delta is not None and "overshoot_down" in prepared:
-            delta = torch.minimum(torch.maximum(delta, prepared["overshoot_down"]),
-                                  prepared["overshoot_up"])
+            bounded = torch.minimum(torch.maximum(delta, prepared["overshoot_down"]),
+                                    prepared["overshoot_up"])
+            weight = prepared.get("overshoot_weight")
+            delta = bounded if weight is None else delta + weight * (bounded - delta)
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
         for j, name in enumerate(self._chroma()):
             cvis = prepared["chroma_visibility"][:, j : j + 1]
