@@ -26,7 +26,8 @@ def test_natural_is_bold_with_capped_fine_texture_stopped_at_the_naturalness_lim
     assert natural.natural_limit == 1.0 and bold.natural_limit == 0.0
     assert natural.family_options["texture"] == {
         "fine": default.fine * 4, "mid": default.mid, "coarse": default.coarse,
-        "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse"}
+        "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
+        "overshoot": 0.5, "overshoot_reach": 7}
     assert natural.stages == 2 * bold.stages
     assert dataclasses.replace(natural, natural_limit=0.0, family_options={},
                                stages=bold.stages) == bold

@@ -221,7 +221,8 @@ _TEXTURE = TextureConfig()
 # structure, as reshaped structure (that scale) is the limit that binds; the mid and coarse
 # bands kept off smooth shading, where they drew blotches on glossy leather (README: Presets).
 _NATURAL_TEXTURE = {"fine": _TEXTURE.fine * 4, "mid": _TEXTURE.mid, "coarse": _TEXTURE.coarse,
-                    "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse"}
+                    "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
+                    "overshoot": 0.5, "overshoot_reach": 7}
 _NATURAL_STAGES = 8
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
@@ -240,7 +241,10 @@ PRESETS: dict[str, AttackConfig] = {
 PRESET_HELP: dict[str, str] = {
     "natural": "texture hidden in the original's own detail (fine band {fine:g}, mid "
                "{mid:g}, coarse {coarse:g}, their sum at most {structure_cap:g}x the "
-               "original's mid-scale structure; the mid and coarse bands off smooth shading) "
+               "original's mid-scale structure; the mid and coarse bands off smooth shading; "
+               "within {overshoot_reach} px of a flat pixel, each luminance moved at most "
+               "{overshoot:g} of the way to its 3x3 neighbours' darkest or brightest: no "
+               "fringe along an edge against the sky) "
                "plus a mild global colour grade, per-image "
                "budget in {stages} stages checked on the validation models, surrogate "
                "gradients; an image stops growing where its result would show as an edit "
