@@ -22,7 +22,7 @@ import time
 import torch
 
 from _common import command_line, device_line, write_result
-from unrestrict.attack import Attack, AttackConfig, margin_loss, pad_rows
+from unrestrict.attack import PRESETS, Attack, AttackConfig, margin_loss, pad_rows
 from unrestrict.generate import GenerateConfig
 from unrestrict.models import create_ensemble
 from unrestrict.process import keep_freed_memory
@@ -33,6 +33,8 @@ SETTINGS = {
     "texture": AttackConfig(families=("texture",)),
     "color": AttackConfig(families=("color",)),
     "default (texture+color)": AttackConfig(),
+    # The CLI's default: its texture options add per-step work (the overshoot bound).
+    "natural preset": PRESETS["natural"],
     "default, texture lowcut 8": AttackConfig(family_options={"texture": {"lowcut": 8.0}}),
     "default, 2 copies": AttackConfig(copies=2),
     "default, exact gradients": AttackConfig(sgm_gamma=1.0, relu_width=0.0),
