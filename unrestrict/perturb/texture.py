@@ -477,9 +477,10 @@ class TextureFamily(Family):
                 * prepared["bands"][:, j : j + 1]
             delta = term if delta is None else delta + term
         if delta is not None and "overshoot_down" in prepared:
-            bounded = delta.clamp(prepared["overshoot_down"], prepared["overshoot_up"])
+            bounded = torch.minimum(torch.maximum(delta, prepared["overshoot_down"]),
+                                    prepared["overshoot_up"])
             weight = prepared.get("overshoot_weight")
-            delta = bounded if weight is None else torch.lerp(delta, bounded, weight)
+            delta = bounded if weight is None else delta + weight * (bounded - delta)
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
         for j, name in enumerate(self._chroma()):
             cvis = prepared["chroma_visibility"][:, j : j + 1]
