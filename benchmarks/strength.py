@@ -131,6 +131,9 @@ CONFIGS: dict[str, list[str]] = {
     "bold": ["--preset", "bold"],
     "baseline, seed 1": ["--preset", "baseline", "--seed", "1"],
     "natural, seed 1": ["--seed", "1"],
+    "natural, look-ahead 1": ["--preset", "natural", "--lookahead", "1"],
+    "natural, look-ahead 0.5": ["--preset", "natural", "--lookahead", "0.5"],
+    "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
     "natural, seed 2": ["--seed", "2"],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
@@ -299,6 +302,11 @@ DESCRIPTION = {
     "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
     "natural, seed 1": "the default with another seed: how far chance alone moves a row",
     "natural, seed 2": "the default with a third seed",
+    "natural, look-ahead 1": "the default with NI-FGSM's Nesterov look-ahead: each step's "
+                             "gradient taken one step ahead along the momentum, clamped to "
+                             "the bounds (no extra passes)",
+    "natural, look-ahead 0.5": "the default with half that look-ahead",
+    "bold, look-ahead 1": "`bold` with the Nesterov look-ahead of NI-FGSM",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",

@@ -303,3 +303,37 @@ def test_a_step_for_some_rows_of_a_fixed_batch_is_the_step_for_all(mobilenet, sa
                 assert torch.equal(got[k][row], want[k][1]), k
     untouched = step([0, 1, 2, 3], [1])
     assert all(not v[0].any() for v in untouched[1].values())  # inactive rows keep theirs
+
+
+def test_lookahead_takes_the_gradient_ahead_along_the_momentum_within_the_bounds(
+        mobilenet, sample_images):
+    x, y = sample_images[0][:2], sample_images[1][:2]
+    cfg = AttackConfig(families=("color", "style"), steps=4, lookahead=3.0)
+    attack = Attack(cfg, mobilenet)
+    seen: list[dict[str, torch.Tensor]] = []
+    objective = attack.objective
+
+    def spy(x_work, params, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in params.items()})
+        return objective(x_work, params, *args, **kwargs)
+
+    attack.objective = spy  # type: ignore[method-assign]
+    params = attack.composite.init_params(x)
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+    strength = torch.full((2,), 0.5)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    limits = attack.composite.limits(params, strength)
+    for _ in range(3):
+        before = {k: v.clone() for k, v in params.items()}
+        v_before = {k: v.clone() for k, v in velocity.items()}
+        attack._step(x, params, velocity, y, torch.arange(2), strength, generators,
+                     attack.composite.prepare(x))
+        ahead = cfg.effective_step_size * cfg.lookahead * cfg.momentum
+        for k in params:
+            want = (before[k] + ahead * limits[k] * v_before[k]).clamp(-limits[k], limits[k])
+            torch.testing.assert_close(seen[-1][k], want)
+            assert (params[k].abs() <= limits[k] + 1e-7).all()
+    # From the second step on the momentum is non-zero: the gradient is taken elsewhere.
+    assert any(not torch.equal(seen[-1][k], before[k]) for k in params)
+    with pytest.raises(Exception, match="lookahead"):
+        AttackConfig(lookahead=-1.0)

@@ -114,6 +114,9 @@ class AttackConfig:
     step_size: float | None = setting(None, "Step as a fraction of each parameter's current "
                                              "bound (None: 2.5/steps).")
     momentum: float = setting(1.0, "MI-FGSM momentum (decay).")
+    lookahead: float = setting(0.0, "Nesterov look-ahead (NI-FGSM): each step's gradient is "
+                                    "taken this many steps ahead along the momentum, within "
+                                    "the bounds (1 = NI-FGSM; 0 = off).")
     loss: LossName = setting("margin", "Loss on the ensemble's averaged logits.", LOSSES)
     kappa: float = setting(50.0, "Cap on the loss: past it, the gradient goes to images that "
                                   "still need it.")
@@ -171,6 +174,7 @@ class AttackConfig:
             (self.steps >= 0, "steps must be >= 0"),
             (0 <= self.di_prob <= 1, "di_prob must be in [0, 1]"),
             (self.copies >= 1, "copies must be >= 1"),
+            (self.lookahead >= 0, "lookahead must be >= 0 (0: off)"),
             (self.feature_weight >= 0, "feature_weight must be >= 0"),
             (0 <= self.feature_depth <= 1, "feature_depth must be in [0, 1]"),
             (self.feature_copies >= 1, "feature_copies must be >= 1"),
@@ -442,13 +446,20 @@ class Attack:
         if not run_all:
             prepared = None if prepared is None else {k: v[idx] for k, v in prepared.items()}
             guide = None if guide is None else {k: v[idx] for k, v in guide.items()}
-        obj = self.objective(x_work if run_all else x_work[idx], sub, y if run_all else y[idx],
+        step = self.config.effective_step_size
+        limits = self.composite.limits(sub, strength if run_all else strength[idx])
+        at = sub
+        if self.config.lookahead > 0:  # NI-FGSM: the gradient where the momentum is heading
+            ahead = step * self.config.lookahead * self.config.momentum
+            at = {k: (p.detach() + ahead * limits[k] * (velocity[k] if run_all
+                                                         else velocity[k][idx]))
+                  .clamp_(min=-limits[k], max=limits[k]).requires_grad_(True)
+                  for k, p in sub.items()}
+        obj = self.objective(x_work if run_all else x_work[idx], at, y if run_all else y[idx],
                              generators if run_all else [generators[i] for i in idx.tolist()],
                              prepared, guide)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
-        grads = torch.autograd.grad(obj.sum() * scale, list(sub.values()))
-        step = self.config.effective_step_size
-        limits = self.composite.limits(sub, strength if run_all else strength[idx])
+        grads = torch.autograd.grad(obj.sum() * scale, list(at.values()))
         with torch.no_grad():
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 # Normalising per image and per tensor keeps one huge gradient (say the
