@@ -302,8 +302,10 @@ def _row_commit(row: dict, doc: dict) -> str | None:
 
 
 def _commit_of(doc: dict) -> str | None:
-    """The commit a table's command line names, if any."""
-    found = re.search(r"at commit `([0-9a-f]+)`", doc["meta"]["command"])
+    """The commit whose code made a table's results, if named: the generate phase's where the
+    attacks ran apart from the scoring (on a GPU), else the table's command's."""
+    meta = doc["meta"]
+    found = re.search(r"at commit `([0-9a-f]+)`", meta.get("generate_command") or meta["command"])
     return found[1] if found else None
 
 
