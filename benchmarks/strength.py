@@ -134,6 +134,10 @@ CONFIGS: dict[str, list[str]] = {
     "natural, look-ahead 1": ["--preset", "natural", "--lookahead", "1"],
     "natural, look-ahead 0.5": ["--preset", "natural", "--lookahead", "0.5"],
     "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
+    "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
+    "natural, mid+coarse local gain 0.5": [
+        "--preset", "natural", *(a for band in ("mid", "coarse")
+                                 for a in ("--set", f"texture.gain_{band}=0.5"))],
     "natural, seed 2": ["--seed", "2"],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
@@ -307,6 +311,11 @@ DESCRIPTION = {
                              "the bounds (no extra passes)",
     "natural, look-ahead 0.5": "the default with half that look-ahead",
     "bold, look-ahead 1": "`bold` with the Nesterov look-ahead of NI-FGSM",
+    "natural, local gain 0.5": "the default plus a local gain of the original's own band, "
+                               "up to +-0.5 in each texture band (a local contrast edit, which "
+                               "reshaped structure leaves out)",
+    "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
+                                          "coarse bands only",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
