@@ -135,6 +135,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, look-ahead 0.5": ["--preset", "natural", "--lookahead", "0.5"],
     "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
     "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
+    "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
+                                              "--lookahead", "1"],
     "natural, mid+coarse local gain 0.5": [
         "--preset", "natural", *(a for band in ("mid", "coarse")
                                  for a in ("--set", f"texture.gain_{band}=0.5"))],
@@ -314,6 +316,8 @@ DESCRIPTION = {
     "natural, local gain 0.5": "the default plus a local gain of the original's own band, "
                                "up to +-0.5 in each texture band (a local contrast edit, which "
                                "reshaped structure leaves out)",
+    "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
+                                             "the Nesterov look-ahead: do they add up?",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
                                           "coarse bands only",
     "natural, texture x0.5": "the default with half the texture bounds",
