@@ -75,10 +75,9 @@ OLD_GRADE = {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.
              "gamma": 0.08, "curve": 0.15, "channel_curve": 0.0}
 
 
-def _gain(gain: float) -> list[str]:
-    """Every texture band's local gain of the original's own band set to ``gain``."""
-    return [a for band in ("fine", "mid", "coarse")
-            for a in ("--set", f"texture.gain_{band}={gain}")]
+def _gain(gain: float, bands: tuple[str, ...] = ("fine", "mid", "coarse")) -> list[str]:
+    """The local gain of the original's own band set to ``gain`` in each of ``bands``."""
+    return [a for band in bands for a in ("--set", f"texture.gain_{band}={gain}")]
 
 
 def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[str]:
@@ -137,9 +136,8 @@ CONFIGS: dict[str, list[str]] = {
     "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
     "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
                                               "--lookahead", "1"],
-    "natural, mid+coarse local gain 0.5": [
-        "--preset", "natural", *(a for band in ("mid", "coarse")
-                                 for a in ("--set", f"texture.gain_{band}=0.5"))],
+    "natural, mid+coarse local gain 0.5": ["--preset", "natural",
+                                           *_gain(0.5, ("mid", "coarse"))],
     "natural, seed 2": ["--seed", "2"],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
@@ -317,7 +315,7 @@ DESCRIPTION = {
                                "up to +-0.5 in each texture band (a local contrast edit, which "
                                "reshaped structure leaves out)",
     "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
-                                             "the Nesterov look-ahead: do they add up?",
+                                             "the Nesterov look-ahead together",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
                                           "coarse bands only",
     "natural, texture x0.5": "the default with half the texture bounds",
