@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from conftest import STRONG_GRADE
 from unrestrict.attack import (
     PIXEL_BASELINE,
+    PRESETS,
     Attack,
     AttackConfig,
     ce_loss,
@@ -337,3 +339,38 @@ def test_lookahead_takes_the_gradient_ahead_along_the_momentum_within_the_bounds
     assert any(not torch.equal(seen[-1][k], before[k]) for k in params)
     with pytest.raises(Exception, match="lookahead"):
         AttackConfig(lookahead=-1.0)
+
+
+def test_a_step_off_the_cpu_never_reads_a_value_back(mobilenet):
+    # Off the CPU the host queues a step's kernels ahead of the device; a read back (.item(),
+    # a shape that depends on values) stalls it every step. Meta tensors hold no values, so
+    # any read fails there, on the code paths a GPU takes.
+    meta = copy.deepcopy(mobilenet).to("meta")
+    for cfg in (PRESETS["natural"], replace(PRESETS["bold"], lookahead=1.0, copies=2)):
+        attack = Attack(cfg, meta, device="meta")
+        x = torch.rand(2, 3, 500, 500, device="meta")
+        y = torch.zeros(2, dtype=torch.long, device="meta")
+        params = attack.composite.init_params(x)
+        velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+        strength = torch.full((2,), 0.5, device="meta")
+        generators = [torch.Generator().manual_seed(i) for i in range(2)]
+        with attack.surrogate():
+            for rows in ([0, 1], [1]):
+                attack._step(x, params, velocity, y, torch.tensor(rows, device="meta"),
+                             strength, generators, attack.composite.prepare(x), None,
+                             attack.box(params, strength), rows)
+        assert all(p.device.type == "meta" for p in params.values())
+
+
+def test_the_box_is_each_parameters_bounds_at_the_budget_and_its_step(mobilenet,
+                                                                        sample_images):
+    attack = Attack(AttackConfig(families=("texture", "color"), steps=8), mobilenet)
+    params = attack.composite.init_params(sample_images[0][:2])
+    strength = torch.tensor([0.25, 1.0])
+    box = attack.box(params, strength)
+    limits = attack.composite.limits(params, strength)
+    for k in params:
+        assert torch.equal(box.high[k], limits[k]) and torch.equal(box.low[k], -limits[k])
+        torch.testing.assert_close(box.stride[k], limits[k] * 2.5 / 8)
+    one = box.rows(torch.tensor([1]))
+    assert all(torch.equal(one.high[k], limits[k][1:]) for k in params)

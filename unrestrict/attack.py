@@ -58,6 +58,7 @@ __all__ = [
     "FAILURE_POLICIES",
     "pad_rows",
     "scale_rows",
+    "Box",
 ]
 
 LossName = Literal["margin", "ce"]
@@ -306,6 +307,29 @@ class ImageResult:
     passes: int  # forward+backward passes of the attack ensemble spent on this image
 
 
+@dataclass(frozen=True)
+class Box:
+    """Each parameter's box at one budget, and the step a sign step takes in it: constant
+    over a stage's steps, so the loop builds it once per stage (on a GPU every small op is a
+    kernel launch, and those set a step's time at the batch sizes that fit)."""
+
+    high: dict[str, Tensor]  # per-image half-widths, shaped to broadcast against each parameter
+    low: dict[str, Tensor]  # -high
+    stride: dict[str, Tensor]  # high * step size
+
+    @classmethod
+    def at(cls, composite: Composite, params: Mapping[str, Tensor], level: Tensor,
+           step: float) -> Box:
+        """The box of ``composite``'s parameters at budget ``level`` (B,)."""
+        high = composite.limits(params, level)
+        return cls(high, {k: -v for k, v in high.items()},
+                   {k: v * step for k, v in high.items()})
+
+    def rows(self, idx: Tensor) -> Box:
+        return Box(*({k: v[idx] for k, v in d.items()}
+                     for d in (self.high, self.low, self.stride)))
+
+
 def scale_rows(params: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
     """Every parameter's row i times ``t[i]``: each image's change scaled on its own."""
     return {k: v * t.to(v.device, v.dtype).view(-1, *([1] * (v.ndim - 1)))
@@ -364,7 +388,7 @@ class Attack:
 
     def _autocast(self) -> Any:
         dtype = AMP_DTYPES[self.amp]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def work_size(self) -> int | None:
         """Side length the loop optimises at; ``None`` means each image's own size."""
@@ -425,12 +449,16 @@ class Attack:
         generators: Sequence[torch.Generator],
         prepared: Mapping[str, Tensor] | None = None,
         guide: Mapping[str, Tensor] | None = None,
+        box: Box | None = None,
+        rows: Sequence[int] | None = None,
     ) -> None:
         """One momentum sign step for the images ``idx``; parameters are updated in place.
 
         ``generators``: one per image of the whole batch. ``prepared``:
         ``self.composite.prepare(x_work)`` for the whole batch, or ``None``; ``guide``:
-        :meth:`guide` for the whole batch, or ``None``.
+        :meth:`guide` for the whole batch, or ``None``; ``box``: :meth:`box` at
+        ``strength`` for the whole batch, or ``None``; ``rows``: ``idx`` on the host, or
+        ``None`` (then it is read back from the device, which waits for its queue).
         """
         # While every image is active (the common case) work on the tensors themselves:
         # gathering and scattering a full-size per-pixel parameter costs a copy each way.
@@ -447,40 +475,54 @@ class Attack:
             prepared = None if prepared is None else {k: v[idx] for k, v in prepared.items()}
             guide = None if guide is None else {k: v[idx] for k, v in guide.items()}
         step = self.config.effective_step_size
-        limits = self.composite.limits(sub, strength if run_all else strength[idx])
+        if box is None:
+            box = self.box(params, strength)
+        if not run_all:
+            box = box.rows(idx)
         at = sub
         if self.config.lookahead > 0:  # NI-FGSM: the gradient where the momentum is heading
             ahead = step * self.config.lookahead * self.config.momentum
-            at = {k: (p.detach() + ahead * limits[k] * (velocity[k] if run_all
-                                                         else velocity[k][idx]))
-                  .clamp_(min=-limits[k], max=limits[k]).requires_grad_(True)
+            at = {k: (p.detach() + ahead * box.high[k] * (velocity[k] if run_all
+                                                           else velocity[k][idx]))
+                  .clamp_(min=box.low[k], max=box.high[k]).requires_grad_(True)
                   for k, p in sub.items()}
         obj = self.objective(x_work if run_all else x_work[idx], at, y if run_all else y[idx],
-                             generators if run_all else [generators[i] for i in idx.tolist()],
+                             generators if run_all else [generators[i] for i in (
+                                 idx.tolist() if rows is None else rows)],
                              prepared, guide)
         scale = 1024.0 if self.amp == "fp16" else 1.0  # keeps fp16 gradients off zero
         grads = torch.autograd.grad(obj.sum() * scale, list(at.values()))
+        keys = list(sub)
         with torch.no_grad():
-            for (k, p), g in zip(sub.items(), grads, strict=True):
-                # Normalising per image and per tensor keeps one huge gradient (say the
-                # per-pixel delta) from drowning the others in the momentum buffer.
-                # Fused in-place forms (vector_norm, addcdiv_, addcmul_): for the full-size
-                # pixel delta each extra temporary is another pass over B x 3 x 500 x 500.
-                flat = g.reshape(len(g), -1)  # norm: mean |g| per image
-                norm = torch.linalg.vector_norm(flat, ord=1, dim=1) * (1 / flat.shape[1])
-                norm = norm.clamp_min(1e-12).view(-1, *([1] * (g.ndim - 1)))
-                p = p.detach()  # shares storage with params[k] when run_all
-                v = velocity[k] if run_all else velocity[k][idx]
-                if run_all and not whole:  # update copies; only the active rows are kept
-                    p, v = p.clone(), v.clone()
-                v.mul_(self.config.momentum).addcdiv_(g, norm)
-                p.addcmul_(v.sign(), limits[k] * step).clamp_(min=-limits[k], max=limits[k])
+            # Normalising per image and per tensor keeps one huge gradient (say the per-pixel
+            # delta) from drowning the others in the momentum buffer: mean |g| per image.
+            # Whole-list (foreach) ops where every tensor takes the same scalar: one kernel
+            # for all of them on a GPU; the rest are fused in-place forms, as for the
+            # full-size pixel delta each extra temporary is another pass over B x 3 x 500 x 500.
+            norms = [torch.linalg.vector_norm(g.reshape(len(g), -1), ord=1, dim=1)
+                     for g in grads]
+            torch._foreach_mul_(norms, [1 / g[0].numel() for g in grads])
+            torch._foreach_clamp_min_(norms, 1e-12)
+            ps = [sub[k].detach() for k in keys]  # share storage with params[k] when run_all
+            vs = [velocity[k] if run_all else velocity[k][idx] for k in keys]
+            if run_all and not whole:  # update copies; only the active rows are kept
+                ps, vs = [p.clone() for p in ps], [v.clone() for v in vs]
+            torch._foreach_mul_(vs, self.config.momentum)
+            for v, g, norm in zip(vs, grads, norms, strict=True):
+                v.addcdiv_(g, norm.view(-1, *([1] * (g.ndim - 1))))
+            for k, p, sign in zip(keys, ps, torch._foreach_sign(vs), strict=True):
+                p.addcmul_(sign, box.stride[k]).clamp_(min=box.low[k], max=box.high[k])
+            for k, p, v in zip(keys, ps, vs, strict=True):
                 if whole:
                     params[k] = p
                 elif run_all:
                     velocity[k][idx], params[k][idx] = v[idx], p[idx]
                 else:
                     velocity[k][idx], params[k][idx] = v, p
+
+    def box(self, params: Mapping[str, Tensor], strength: Tensor) -> Box:
+        """:class:`Box` of ``params`` at per-image budget ``strength`` (B,), for :meth:`_step`."""
+        return Box.at(self.composite, params, strength, self.config.effective_step_size)
 
     def guide(self, x_work: Tensor, y: Tensor,
               generators: Sequence[torch.Generator]) -> dict[str, Tensor] | None:
@@ -587,9 +629,10 @@ class Attack:
         active = torch.arange(n, device=self.device)
         for level in levels:
             strength[active] = cap[active].clamp(max=level)
+            box, rows = self.box(params, strength), active.tolist()
             for _ in range(cfg.steps):
                 self._step(x_work, params, velocity, y, active, strength, generators, prepared,
-                           guide)
+                           guide, box, rows)
             passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
             cands = self._evaluate(x[active], y[active], sub)

@@ -289,8 +289,12 @@ BLOCK = 32
 def banded_matrix(w: Tensor) -> tuple[Tensor, Tensor] | None:
     """A (size, steps) matrix cut into blocks of BLOCK output samples, each with the L
     consecutive input samples it reads: (K, BLOCK, L) weights and (K * L,) input indices.
-    ``None`` when a block would read more than half the input (small inputs, wide kernels):
-    a dense product is then cheaper."""
+    ``None`` when a block would read more than half the input (small inputs, wide kernels),
+    or off the CPU: a dense product is then cheaper (on a GPU it is one kernel, where the
+    blocks' gather and its scatter-add backward are several launches, and launches set a
+    step's time there)."""
+    if w.device.type != "cpu":
+        return None
     size, steps = w.shape
     k = -(-size // BLOCK)
     padded = w.new_zeros(k * BLOCK, steps)
