@@ -139,6 +139,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, mid+coarse local gain 0.5": ["--preset", "natural",
                                            *_gain(0.5, ("mid", "coarse"))],
     "natural, seed 2": ["--seed", "2"],
+    "natural, no grade": ["--preset", "natural", "--family", "texture"],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
@@ -318,6 +319,9 @@ DESCRIPTION = {
                                              "the Nesterov look-ahead together",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
                                           "coarse bands only",
+    "natural, no grade": "the default without its global colour grade (the texture "
+                         "family alone): on a GPU the grade's small per-image operations "
+                         "dispatch more kernels per step than the whole texture family",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",
