@@ -8,7 +8,14 @@ before timing, as the loop does it once for 100 steps. The raw pass is also time
 without BatchNorm folded into the convolutions (``create_classifier``'s default), so what the
 folding saves is on record; the step ratios are against the folded, faster pass.
 
+Each row also counts the operators a raw pass and a step dispatch (views left out). Off the
+CPU each is at least one kernel launch, and at the batch sizes a GPU is given the launches,
+not the arithmetic, set a step's time: on an H200 the time ratios tracked the count ratios.
+``--device meta`` counts them on the GPU's code paths without a GPU (and without data: any
+host sync in a step fails there), and skips the timing.
+
     python benchmarks/step_overhead.py --batch-sizes 4,16
+    python benchmarks/step_overhead.py --device meta --batch-sizes 4
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from _common import command_line, device_line, write_result
 from unrestrict.attack import PRESETS, Attack, AttackConfig, margin_loss, pad_rows
@@ -48,6 +56,31 @@ def raw_step(ens: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """What every attack pays: ensemble forward, loss, backward to the input."""
     xi = x.detach().requires_grad_(True)
     margin_loss(ens(xi), y).sum().backward()
+
+
+# Operators that only make a new view of a tensor's storage: no kernel on any device.
+VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "transpose", "t", "permute", "expand",
+                      "slice", "select", "unsqueeze", "squeeze", "unbind", "split",
+                      "split_with_sizes", "alias", "as_strided", "detach", "lift_fresh"})
+
+
+class _Dispatches(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it, views left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ not in VIEW_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def dispatches(fn) -> int:
+    """Operators (not views) one call of ``fn`` dispatches."""
+    with _Dispatches() as mode:
+        fn()
+    return mode.count
 
 
 def _once(fn, device: torch.device) -> float:
@@ -82,10 +115,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--only", default=None,
                     help="comma-separated subset of the step settings (by their labels)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda, cpu, or meta (operator counts only, on the GPU's code paths)")
     args = ap.parse_args()
     kept = keep_freed_memory()  # as the CLI does; without it page faults dominate the noise
     device = torch.device(args.device)
+    if device.type == "meta":
+        return count_only(args, device)
     settings = SETTINGS
     if args.only:
         wanted = re.split(r",(?=\S)", args.only)
@@ -140,21 +176,8 @@ def main() -> None:
             x = full if ws is None else torch.nn.functional.interpolate(
                 full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
 
-            params = attack.composite.init_params(x)
-            prepared = attack.composite.prepare(x)
-            velocity = {k: torch.zeros_like(v) for k, v in params.items()}
-            strength = torch.full((b,), 0.5, device=device)
-            idx = torch.arange(b, device=device)
-            g = [torch.Generator().manual_seed(i) for i in range(b)]
-
-            def raw(attack=attack, x=x, y=y):  # with the setting's own model gradients
-                with attack.surrogate():
-                    raw_step(ens, x, y)
-
-            def step(attack=attack, args=(x, params, velocity, y, idx, strength, g, prepared)):
-                with attack.surrogate():  # as run() does
-                    attack._step(*args)
-
+            raw, step = _step_pair(attack, ens, x, y)
+            ops_raw, ops_step = dispatches(raw) * cfg.copies, dispatches(step)
             ta, tb = timed_pair(raw, step, args.repeats, device)
             # A step with k augmented copies makes k raw passes; it is held to k times one.
             ta = [t * cfg.copies for t in ta]
@@ -163,9 +186,11 @@ def main() -> None:
                          "copies": cfg.copies, "raw_s": t_raw, "step_s": t_step,
                          "ratio": t_step / t_raw,
                          "ratio_paired": statistics.median(
-                             [sb / sa for sa, sb in zip(ta, tb, strict=True)])})
+                             [sb / sa for sa, sb in zip(ta, tb, strict=True)]),
+                         "ops_raw": ops_raw, "ops_step": ops_step})
             print(f"b={b:>3} {name:>24}: raw {t_raw * 1e3:7.1f} ms  step {t_step * 1e3:7.1f} ms"
-                  f"  x{t_step / t_raw:.3f}  (paired x{rows[-1]['ratio_paired']:.3f})", flush=True)
+                  f"  x{t_step / t_raw:.3f}  (paired x{rows[-1]['ratio_paired']:.3f}); "
+                  f"ops {ops_raw} -> {ops_step}", flush=True)
     md = ["### Step overhead: one optimisation step vs the raw ensemble forward+backward\n",
           f"Device: {device_line()}; torch threads {torch.get_num_threads()}  ",
           f"Command: {command_line()}  ",
@@ -184,13 +209,18 @@ def main() -> None:
           "visibility maps, computed once for all of a batch's steps) is outside the timed "
           "step. At full size (texture, pixel) the raw pass resizes 500x500 to each member's "
           "input; a step resizes once, to the largest member's, before the augmentations, so "
-          "it can cost less than the raw pass. Target: ratio <= 1.10.\n",
+          "it can cost less than the raw pass. The per-stage `Box` (each parameter's "
+          "bounds at the stage's budget) is built outside the timed step too, as the loop "
+          "builds it once per stage. `ops`: operators dispatched (views left out) by the raw "
+          "passes and by the step, each at least one kernel launch off the CPU. "
+          "Target: ratio <= 1.10.\n",
           "| batch | family | working size | copies | raw x copies (ms) | step (ms) | ratio | "
-          "paired ratio |",
-          "|---|---|---|---|---|---|---|---|"]
+          "paired ratio | ops raw x copies | ops step | ops ratio |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['family']} | {r['work_size']} | {r['copies']} | "
            f"{r['raw_s'] * 1e3:.1f} | {r['step_s'] * 1e3:.1f} | {r['ratio']:.3f} | "
-           f"{r['ratio_paired']:.3f} |" for r in rows]
+           f"{r['ratio_paired']:.3f} | {r['ops_raw']} | {r['ops_step']} | "
+           f"{r['ops_step'] / r['ops_raw']:.3f} |" for r in rows]
     md += ["", "Raw pass with BatchNorm folded into the convolutions (the default, used above) "
            "and without, measured alternately in the same way:\n",
            "| batch | working size | folded (ms) | not folded (ms) | not folded / folded |",
@@ -209,6 +239,71 @@ def main() -> None:
            for r in alone_rows]
     tag = "step_overhead-" + ("gpu" if device.type == "cuda" else "cpu")
     print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows + alone_rows)}")
+
+
+def _step_pair(attack: Attack, ens: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The raw passes and one attack step of ``attack`` on ``x`` (at its working size), as
+    two callables; what the loop computes once per batch or stage is computed here."""
+    b, device = x.shape[0], x.device
+    params = attack.composite.init_params(x)
+    prepared = attack.composite.prepare(x)
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+    strength = torch.full((b,), 0.5, device=device)
+    idx = torch.arange(b, device=device)
+    g = [torch.Generator().manual_seed(i) for i in range(b)]
+    box = attack.box(params, strength)
+
+    def raw():  # with the setting's own model gradients
+        with attack.surrogate():
+            raw_step(ens, x, y)
+
+    def step():
+        with attack.surrogate():  # as run() does
+            attack._step(x, params, velocity, y, idx, strength, g, prepared, None, box)
+
+    for _ in range(2):  # cached constants are built on the first call
+        raw()
+        step()
+    return raw, step
+
+
+def count_only(args: argparse.Namespace, device: torch.device) -> None:
+    """The operator counts alone, on ``device`` (meta: the GPU's code paths, no data)."""
+    ens = create_ensemble(MODELS, torch.device("cpu")).to(device)
+    rows = []
+    for b in (int(v) for v in args.batch_sizes.split(",")):
+        full = torch.rand(b, 3, 500, 500, device=device)
+        y = torch.randint(0, 1000, (b,), device=device)
+        for name, cfg in SETTINGS.items():
+            attack = Attack(cfg, ens, device=device)
+            ws = attack.work_size()
+            x = full if ws is None else torch.nn.functional.interpolate(
+                full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
+            raw, step = _step_pair(attack, ens, x, y)
+            rows.append({"batch": b, "family": name, "work_size": x.shape[-1],
+                         "copies": cfg.copies, "ops_raw": dispatches(raw) * cfg.copies,
+                         "ops_step": dispatches(step)})
+            r = rows[-1]
+            print(f"b={b:>3} {name:>24}: ops {r['ops_raw']} -> {r['ops_step']} "
+                  f"x{r['ops_step'] / r['ops_raw']:.3f}", flush=True)
+    md = ["### Step overhead in operators: one optimisation step vs the raw ensemble "
+          "forward+backward\n",
+          f"Device: {device.type} (no data: the code paths a GPU takes, counted without "
+          f"one); torch {torch.__version__}  ",
+          f"Command: {command_line()}  ",
+          f"Ensemble {' + '.join(MODELS)}. Operators dispatched (views left out) by the raw "
+          "passes (times the copies a step makes) and by one attack step, counted after two "
+          "warm-ups; what the loop computes once per batch or stage (the families' prepared "
+          "constants, the per-stage `Box`) is outside the step, as in the timed table. On a "
+          "GPU each is at least one kernel launch, and at the batch sizes it is given the "
+          "launches set the time: on an H200 the time ratios of `step_overhead-gpu` tracked "
+          "these. Target: ratio <= 1.10.\n",
+          "| batch | family | working size | copies | ops raw x copies | ops step | ratio |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['batch']} | {r['family']} | {r['work_size']} | {r['copies']} | "
+           f"{r['ops_raw']} | {r['ops_step']} | {r['ops_step'] / r['ops_raw']:.3f} |"
+           for r in rows]
+    print(f"wrote {write_result('step_overhead-ops', chr(10).join(md) + chr(10), rows)}")
 
 
 if __name__ == "__main__":
