@@ -374,3 +374,21 @@ def test_the_box_is_each_parameters_bounds_at_the_budget_and_its_step(mobilenet,
         torch.testing.assert_close(box.stride[k], limits[k] * 2.5 / 8)
     one = box.rows(torch.tensor([1]))
     assert all(torch.equal(one.high[k], limits[k][1:]) for k in params)
+
+
+def test_a_render_with_the_batchs_prepared_constants_is_the_render_without(mobilenet,
+                                                                           sample_images):
+    # The loop renders every stage's candidates with the full-size constants it prepared once
+    # per batch (the texture family's visibility maps); a subset's rows must render as if
+    # they had been prepared on their own.
+    x = sample_images[0][:3]
+    attack = Attack(PRESETS["natural"], mobilenet)
+    params = {k: v + 0.5 * attack.composite.limits({k: v}, torch.ones(3))[k]
+              for k, v in attack.composite.init_params(x).items()}
+    prepared = attack.composite.prepare(x)
+    rows = torch.tensor([2, 0])
+    sub = {k: v[rows] for k, v in params.items()}
+    with_rows = attack.render(x[rows], sub, {k: v[rows] for k, v in prepared.items()})
+    alone = attack.render(x[rows], sub)
+    assert with_rows[0] == alone[0] and torch.equal(with_rows[1], alone[1])
+    assert alone[0] != attack.render(x[rows], {k: 0 * v for k, v in sub.items()})[0]

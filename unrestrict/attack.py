@@ -336,6 +336,16 @@ def scale_rows(params: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
             for k, v in params.items()}
 
 
+def _rows(prepared: Mapping[str, Tensor] | None, idx: Tensor) -> dict[str, Tensor] | None:
+    """The rows ``idx`` of every prepared constant (``None`` stays ``None``)."""
+    return None if prepared is None else {k: v[idx] for k, v in prepared.items()}
+
+
+def _pad_map(pad: Callable[[Tensor], Tensor],
+             prepared: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+    return None if prepared is None else {k: pad(v) for k, v in prepared.items()}
+
+
 def pad_rows(t: Tensor, size: int) -> Tensor:
     """``t`` with its first row repeated until it has ``size`` rows."""
     short = size - t.shape[0]
@@ -558,10 +568,16 @@ class Attack:
         return [slice(i, i + k) for i in range(0, n, k)]
 
     @torch.no_grad()
-    def render(self, x_full: Tensor, params: Mapping[str, Tensor]) -> tuple[list[bytes], Tensor]:
-        """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch)."""
+    def render(self, x_full: Tensor, params: Mapping[str, Tensor],
+               prepared: Mapping[str, Tensor] | None = None) -> tuple[list[bytes], Tensor]:
+        """Apply ``params`` at full size, JPEG-encode, decode: (bytes per image, uint8 batch).
+
+        ``prepared``: ``self.composite.prepare(x_full)`` (its rows), or ``None`` to compute
+        it; at full size the texture family's maps cost far more than the render itself.
+        """
         n = x_full.shape[0]
-        out = self.composite.apply(self.pad(x_full), {k: self.pad(v) for k, v in params.items()})
+        out = self.composite.apply(self.pad(x_full), {k: self.pad(v) for k, v in params.items()},
+                                   _pad_map(self.pad, prepared))
         blobs = [encode_jpeg(img, self.config.jpeg_quality) for img in out[:n]]
         decoded = torch.stack([decode_rgb(b)[0] for b in blobs]).to(x_full.device)
         return blobs, decoded
@@ -615,6 +631,8 @@ class Attack:
                                    antialias=True).clamp(0, 1)
         params = self.composite.init_params(x_work)
         prepared = self.composite.prepare(x_work)
+        # The same constants at full size, for the renders at every stage's end.
+        full = prepared if x_work is x else self.composite.prepare(x)
         guide = self.guide(x_work, y, generators)
         velocity = {k: torch.zeros_like(v) for k, v in params.items()}
         strength = torch.zeros(b, device=self.device)
@@ -635,7 +653,8 @@ class Attack:
                            guide, box, rows)
             passes[active.cpu()] += cfg.steps * cfg.copies
             sub = {k: v[active] for k, v in params.items()}
-            cands = self._evaluate(x[active], y[active], sub)
+            prep = _rows(full, active)
+            cands = self._evaluate(x[active], y[active], sub, prep)
             now = strength[active].cpu()
             scales = [1.0] * len(cands)
             won = [j for j, c in enumerate(cands) if c.fooled]
@@ -644,10 +663,10 @@ class Attack:
                 won_params = {k: v[w] for k, v in sub.items()}
                 t, best = self._refine(x[active][w], y[active][w], won_params,
                                        prev[active.cpu()][won] / now[won],
-                                       [cands[j] for j in won])
+                                       [cands[j] for j in won], _rows(prep, w))
                 for j, tj, c in zip(won, t, best, strict=True):
                     scales[j], cands[j] = tj, c
-            limited = self._limit(x[active], y[active], sub, scales, cands)
+            limited = self._limit(x[active], y[active], sub, scales, cands, prep)
             last = level == levels[-1]
             keep = []
             for j, c in enumerate(cands):
@@ -680,7 +699,8 @@ class Attack:
         return results  # type: ignore[return-value]
 
     def _limit(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], scales: list[float],
-               cands: list[_Candidate]) -> dict[int, dict[str, Tensor]]:
+               cands: list[_Candidate], prepared: Mapping[str, Tensor] | None = None,
+               ) -> dict[int, dict[str, Tensor]]:
         """With ``natural_limit``: the candidates whose result shows as an edit, each brought
         back within the limits by bisection (``limit_shrink``: on one scale for every
         parameter, or on the level the most edited blocks are shrunk to) to the largest
@@ -694,34 +714,37 @@ class Attack:
         if not over:
             return {}
         o = torch.tensor(over, device=x.device)
-        x, y = x[o], y[o]
+        x, y, prepared = x[o], y[o], _rows(prepared, o)
         full = scale_rows({k: v[o] for k, v in params.items()},
                           torch.tensor([scales[j] for j in over]))
         if cfg.limit_shrink == "scale":
-            t = self._bisect(x, lambda u: scale_rows(full, u))
+            t = self._bisect(x, lambda u: scale_rows(full, u), prepared)
             final = scale_rows(full, t)
         else:
             final, t = self._shrink_blocks(x, full, torch.stack([cands[j].decoded
-                                                                 for j in over]))
+                                                                 for j in over]), prepared)
         out = {}
-        for n, (j, tj, c) in enumerate(zip(over, t.tolist(), self._evaluate(x, y, final),
-                                           strict=True)):
+        for n, (j, tj, c) in enumerate(zip(over, t.tolist(),
+                                           self._evaluate(x, y, final, prepared), strict=True)):
             scales[j], cands[j] = scales[j] * tj, c
             out[j] = {k: v[n].detach().cpu() for k, v in final.items()}
         return out
 
-    def _bisect(self, x: Tensor, at: Callable[[Tensor], dict[str, Tensor]]) -> Tensor:
+    def _bisect(self, x: Tensor, at: Callable[[Tensor], dict[str, Tensor]],
+                prepared: Mapping[str, Tensor] | None = None) -> Tensor:
         """The largest t in [0, 1] (per image, (B,)) found within the naturalness limits by
         bisection on the parameters ``at(t)``, ``at(0)`` taken to be within."""
         lo, hi = torch.zeros(x.shape[0]), torch.ones(x.shape[0])
         for _ in range(LIMIT_STEPS):
             mid = (lo + hi) / 2
-            within = self._edit_ratio(x, self.render(x, at(mid))[1]) <= self.config.natural_limit
+            within = (self._edit_ratio(x, self.render(x, at(mid), prepared)[1])
+                      <= self.config.natural_limit)
             lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
         return lo
 
-    def _shrink_blocks(self, x: Tensor, full: dict[str, Tensor],
-                       decoded: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def _shrink_blocks(self, x: Tensor, full: dict[str, Tensor], decoded: Tensor,
+                       prepared: Mapping[str, Tensor] | None = None,
+                       ) -> tuple[dict[str, Tensor], Tensor]:
         """``full`` (whose results are ``decoded``, uint8) with the blocks where the result
         shows the most as an edit shrunk to the level of the least edited of them (bisection
         on the share of blocks left whole), global parameters kept; an image that no level
@@ -735,13 +758,13 @@ class Attack:
             return self.composite.localize(full, clip_share(excess, ranked.gather(
                 1, pick[:, None])[:, 0]))
 
-        level = self._bisect(x, at)
+        level = self._bisect(x, at, prepared)
         final, scale = at(level), torch.ones(len(level))
         stuck = (level == 0).nonzero().flatten().tolist()
         if stuck:  # the global change alone shows: scale everything back
             s = torch.tensor(stuck, device=x.device)
             sub = {k: v[s] for k, v in full.items()}
-            scale[stuck] = self._bisect(x[s], lambda u: scale_rows(sub, u))
+            scale[stuck] = self._bisect(x[s], lambda u: scale_rows(sub, u), _rows(prepared, s))
             for k, v in scale_rows(sub, scale[stuck]).items():
                 final[k][s] = v
         return final, scale
@@ -766,9 +789,10 @@ class Attack:
             return self._result(c, zero, 0.0, "original")
         return self._result(strongest, params, level, "strongest")
 
-    def _evaluate(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor]) -> list[_Candidate]:
+    def _evaluate(self, x: Tensor, y: Tensor, params: Mapping[str, Tensor],
+                  prepared: Mapping[str, Tensor] | None = None) -> list[_Candidate]:
         """Render at full size, round-trip through JPEG, and judge each image."""
-        blobs, decoded = self.render(x, params)
+        blobs, decoded = self.render(x, params, prepared)
         fooled, margins, ens_fooled = self.judge(decoded, y)
         return [
             _Candidate(blob, dec, bool(f), float(m), bool(e))
@@ -793,7 +817,7 @@ class Attack:
 
     def _refine(
         self, x: Tensor, y: Tensor, params: Mapping[str, Tensor], floor: Tensor,
-        found: list[_Candidate],
+        found: list[_Candidate], prepared: Mapping[str, Tensor] | None = None,
     ) -> tuple[list[float], list[_Candidate]]:
         """Shrink successful parameters towards the identity by bisection on a scale t.
 
@@ -807,7 +831,7 @@ class Attack:
         best = list(found)
         for _ in range(self.config.refine):
             mid = (lo + hi) / 2
-            for j, c in enumerate(self._evaluate(x, y, scale_rows(params, mid))):
+            for j, c in enumerate(self._evaluate(x, y, scale_rows(params, mid), prepared)):
                 if c.fooled:
                     hi[j], best[j] = mid[j], c
                 else:
