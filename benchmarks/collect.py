@@ -102,6 +102,7 @@ def readme_summary() -> str:
                          f"({n['passes_per_image'] / b['passes_per_image']:.2f}x) | <= 4x |")
     for dev in ("cpu", "gpu"):
         lines += _step_lines(dev)
+    lines += _ops_lines()
     lines += _later_lines()
     return "\n".join(lines)
 
@@ -145,6 +146,20 @@ def _step_lines(dev: str) -> list[str]:
                              f"{'/'.join(str(r['batch']) for r in these)}; {what}) | "
                              + "; ".join(f"{r['ratio']:.2f}x" for r in these) + " | |")
     return lines
+
+
+def _ops_lines() -> list[str]:
+    """The README summary's row of step_overhead's operator counts (``--device meta``)."""
+    ops = _load("step_overhead-ops")
+    if not ops:
+        return []
+    batches = sorted({r["batch"] for r in ops})
+    per = [f"{name} " + " / ".join(f"{r['ops_step'] / r['ops_raw']:.3f}x" for b in batches
+                                   for r in ops if r["family"] == name and r["batch"] == b)
+           for name in ("natural preset", "texture", "color", "pixel (full 500x500)")]
+    return [f"| operators a step dispatches / the raw passes' (the GPU's code paths, counted on "
+            f"meta tensors, batch {'/'.join(map(str, batches))}; each a kernel launch, and at "
+            f"small batches a GPU step's time follows them) | {'; '.join(per)} | <= 1.10x |"]
 
 
 def _later_lines() -> list[str]:
