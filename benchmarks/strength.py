@@ -298,10 +298,12 @@ CONFIGS = {k: v if k == DEFAULT_CONFIG or "--preset" in v else ["--preset", "bol
 DESCRIPTION = {
     "baseline": "L-inf 16/255 DI-MI-FGSM, 80 steps, CW margin, DI p=0.7 (pixel family)",
     "natural": "the default preset (its settings at the table's commit; README: Presets): "
-               "texture hidden in the original's own detail + mild global grade, staged "
+               "texture hidden in the original's own detail (with a mild global grade until "
+               "it dropped it), staged "
                "per-image budget, surrogate gradients, each image stopped at the naturalness "
                "limits",
-    "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) without the "
+    "bold": "the texture family's own bounds (fine 3.2, mid and coarse 8) plus the mild "
+            "global grade, without the "
             "naturalness limit (the default before commit `6a0f662`; rows `natural, ...` of "
             "earlier tables ran it)",
     "baseline, seed 1": "the baseline with another seed (input-diversity draws)",
@@ -319,9 +321,10 @@ DESCRIPTION = {
                                              "the Nesterov look-ahead together",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
                                           "coarse bands only",
-    "natural, no grade": "the default without its global colour grade (the texture "
-                         "family alone): on a GPU the grade's small per-image operations "
-                         "dispatch more kernels per step than the whole texture family",
+    "natural, no grade": "the natural preset without its global colour grade (the texture "
+                         "family alone; the natural preset itself since it dropped the "
+                         "grade): on a GPU the grade's small per-image operations dispatch "
+                         "more kernels per step than the whole texture family",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",

@@ -57,7 +57,7 @@ def test_end_to_end_outputs_log_and_rerun(sample_copy, tmp_path):
         for key in ("label", "families", "strength", "ensemble_success", "val_success",
                     "lpips", "seconds", "decision"):
             assert key in r, key
-        assert 0 <= r["lpips"] < 1 and r["families"] == ["texture", "color"]
+        assert 0 <= r["lpips"] < 1 and r["families"] == ["texture"]
         # The default preset may also stop an image at the naturalness limits.
         assert r["passes"] <= 2 * 2 and r["decision"] in ("minimal", "strongest", "limited")
     doc = json.loads((out / ".unrestrict" / "run.json").read_text())

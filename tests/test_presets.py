@@ -20,7 +20,7 @@ def test_every_preset_composes_and_is_described(name):
     assert PRESET_HELP[name]
 
 
-def test_natural_is_bold_with_capped_fine_texture_stopped_at_the_naturalness_limits():
+def test_natural_is_bold_with_capped_fine_texture_no_grade_stopped_at_the_limits():
     natural, bold = PRESETS["natural"], PRESETS["bold"]
     default = TextureConfig()
     assert natural.natural_limit == 1.0 and bold.natural_limit == 0.0
@@ -29,8 +29,9 @@ def test_natural_is_bold_with_capped_fine_texture_stopped_at_the_naturalness_lim
         "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
         "overshoot": 0.5, "overshoot_reach": 7}
     assert natural.stages == 2 * bold.stages
+    assert natural.families == ("texture",) and bold.families == ("texture", "color")
     assert dataclasses.replace(natural, natural_limit=0.0, family_options={},
-                               stages=bold.stages) == bold
+                               stages=bold.stages, families=bold.families) == bold
     assert GenerateConfig().attack == natural  # the library's default is the CLI's
 
 

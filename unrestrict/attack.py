@@ -232,10 +232,12 @@ _NATURAL_STAGES = 8
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
     # people.
-    "natural": AttackConfig(natural_limit=1.0, stages=_NATURAL_STAGES,
+    # No global grade: under these limits it fooled the held-out model no more often, and it
+    # shifted the tone (README: Presets).
+    "natural": AttackConfig(families=("texture",), natural_limit=1.0, stages=_NATURAL_STAGES,
                             family_options={"texture": _NATURAL_TEXTURE}),
-    # natural's families with the texture family's own bounds, no structure cap, four stages
-    # and no per-image limit, for rounds scored by models.
+    # natural's texture with its own bounds, no structure cap, four stages and no per-image
+    # limit, plus the mild global grade, for rounds scored by models.
     "bold": AttackConfig(),
     # bold, with the mid and coarse texture bands growing to 1.5x in two more stages for the
     # images it leaves unfooled; the fine band (grain) keeps its bound (README: Presets).
@@ -249,14 +251,14 @@ PRESET_HELP: dict[str, str] = {
                "original's mid-scale structure; the mid and coarse bands off smooth shading; "
                "within {overshoot_reach} px of a flat pixel, each pixel's luminance moves at "
                "most {overshoot:g} of the way to its 3x3 neighbours' darkest or brightest: "
-               "no fringe along an edge against the sky) "
-               "plus a mild global colour grade, per-image "
+               "no fringe along an edge against the sky; no colour grade), per-image "
                "budget in {stages} stages checked on the validation models, surrogate "
                "gradients; an image stops growing where its result would show as an edit "
                "(--natural-limit 1), so every result stays within the naturalness "
                "limits".format(**_NATURAL_TEXTURE, stages=_NATURAL_STAGES),
     "bold": f"the texture family's own bounds (fine {_TEXTURE.fine:g}, mid {_TEXTURE.mid:g}, "
-            f"coarse {_TEXTURE.coarse:g}) without the per-image naturalness limit: far more "
+            f"coarse {_TEXTURE.coarse:g}) plus a mild global colour grade, without the "
+            "per-image naturalness limit: far more "
             "held-out models fooled, nearly every result past the reshaped-structure limit; "
             "for rounds scored by models",
     "strong": "bold with the texture's mid and coarse bands growing to 1.5x in two more "
