@@ -80,11 +80,15 @@ def _gain(gain: float, bands: tuple[str, ...] = ("fine", "mid", "coarse")) -> li
     return [a for band in bands for a in ("--set", f"texture.gain_{band}={gain}")]
 
 
+# The natural preset's families until `fdfd2aa` dropped its grade: pinned presets add it back.
+GRADED = ["--family", "texture,color"]
+
+
 def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[str]:
     """The texture bounds of :data:`FINE_NATURAL` times ``scale`` under a structure cap, in
     ``stages`` stages."""
     bands = [f"texture.{band}={value * scale:g}" for band, value in FINE_TEXTURE.items()]
-    return ["--preset", "natural", "--stages", str(stages),
+    return ["--preset", "natural", *GRADED, "--stages", str(stages),
             "--set", f"texture.structure_cap={structure_cap:g}",
             "--set", "texture.detail_sigma=0",
             *(a for b in bands for a in ("--set", b))]
@@ -110,16 +114,16 @@ FINE_NATURAL_TEXT = ("the natural preset of `00b6644` (texture fine 6.4, mid and
                      "stages)")
 # The natural preset before `00b6644` moved its texture to the fine band: rows measured
 # against it keep their meaning.
-OLD_NATURAL = ["--preset", "natural", "--stages", "4", "--set", "texture.fine=3.2",
+OLD_NATURAL = ["--preset", "natural", *GRADED, "--stages", "4", "--set", "texture.fine=3.2",
                "--set", "texture.mid=8", "--set", "texture.coarse=8",
                "--set", "texture.structure_cap=0", "--set", "texture.detail_sigma=0"]
 OLD_NATURAL_TEXT = "the natural preset of `5c8b5b3` (texture fine 3.2, mid and coarse 8)"
 # The structure-capped natural preset of `9409066`, before its mid and coarse bands' flat ramp
 # moved to detail: rows `capped natural, ...` keep running it.
-CAPPED_NATURAL = ["--preset", "natural", "--set", "texture.detail_sigma=0"]
+CAPPED_NATURAL = ["--preset", "natural", *GRADED, "--set", "texture.detail_sigma=0"]
 # The natural preset of `f58ac3c` (the mid and coarse bands' flat ramp on detail), pinned:
 # rows `ramped natural, ...` keep running it.
-RAMPED_NATURAL = ["--preset", "natural", "--stages", "8", *(a for b in (
+RAMPED_NATURAL = ["--preset", "natural", *GRADED, "--stages", "8", *(a for b in (
     "fine=12.8", "mid=8", "coarse=8", "structure_cap=8", "detail_sigma=2",
     "detail_bands=mid,coarse") for a in ("--set", f"texture.{b}"))]
 
