@@ -341,7 +341,10 @@ def gpu_sentence() -> str:
         text = (f"{doc['meta']['input']} ({n} images): {g['seconds_per_image']:.2f} s per image "
                 f"(model loading included), fooling {m} on {g['asr_per_model'][m] * n:.0f}")
         if "natural" in cpu:
-            text += f" (the 2-core CPU: {cpu['natural']['seconds_per_image']:.1f} s per image)"
+            cpu_doc = _load(stem.removeprefix("gpu-"))
+            at = (f" at `{c}`" if (c := _commit_of(cpu_doc)) and c != _commit_of(doc) else "")
+            text += (f" (the 2-core CPU{at}: {cpu['natural']['seconds_per_image']:.1f} s per "
+                     "image)")
         parts.append(text)
     if not parts:
         return ""
