@@ -383,7 +383,7 @@ def test_a_render_with_the_batchs_prepared_constants_is_the_render_without(mobil
     # they had been prepared on their own.
     x = sample_images[0][:3]
     attack = Attack(PRESETS["natural"], mobilenet)
-    params = {k: v + 0.5 * attack.composite.limits({k: v}, torch.ones(3))[k]
+    params = {k: (2 * torch.rand_like(v) - 1) * attack.composite.limits({k: v}, torch.ones(3))[k]
               for k, v in attack.composite.init_params(x).items()}
     prepared = attack.composite.prepare(x)
     rows = torch.tensor([2, 0])
