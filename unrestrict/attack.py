@@ -339,12 +339,13 @@ def scale_rows(params: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
 
 
 def _rows(prepared: Mapping[str, Tensor] | None, idx: Tensor) -> dict[str, Tensor] | None:
-    """The rows ``idx`` of every prepared constant (``None`` stays ``None``)."""
+    """The rows ``idx`` of every per-image constant (``None`` stays ``None``)."""
     return None if prepared is None else {k: v[idx] for k, v in prepared.items()}
 
 
 def _pad_map(pad: Callable[[Tensor], Tensor],
              prepared: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+    """Every prepared constant padded by ``pad`` (``None`` stays ``None``)."""
     return None if prepared is None else {k: pad(v) for k, v in prepared.items()}
 
 
@@ -484,8 +485,7 @@ class Attack:
             for k, v in params.items()
         }
         if not run_all:
-            prepared = None if prepared is None else {k: v[idx] for k, v in prepared.items()}
-            guide = None if guide is None else {k: v[idx] for k, v in guide.items()}
+            prepared, guide = _rows(prepared, idx), _rows(guide, idx)
         step = self.config.effective_step_size
         if box is None:
             box = self.box(params, strength)
