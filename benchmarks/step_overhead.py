@@ -12,7 +12,8 @@ Each row also counts the operators a raw pass and a step dispatch (views left ou
 CPU each is at least one kernel launch, and at the batch sizes a GPU is given the launches,
 not the arithmetic, set a step's time: on an H200 the time ratios tracked the count ratios.
 ``--device meta`` counts them on the GPU's code paths without a GPU (and without data: any
-host sync in a step fails there), and skips the timing.
+host sync in a step fails there), and skips the timing. A step's count moves by a few
+operators with its input-diversity draws (each image resized and padded, or not).
 
     python benchmarks/step_overhead.py --batch-sizes 4,16
     python benchmarks/step_overhead.py --device meta --batch-sizes 4
@@ -172,10 +173,7 @@ def main() -> None:
                   f"{row[kb] * 1e3:7.1f} ms", flush=True)
         for name, cfg in settings.items():
             attack = Attack(cfg, ens, device=device)
-            ws = attack.work_size()
-            x = full if ws is None else torch.nn.functional.interpolate(
-                full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
-
+            x = _working_input(attack, full)
             raw, step = _step_pair(attack, ens, x, y)
             ops_raw, ops_step = dispatches(raw) * cfg.copies, dispatches(step)
             ta, tb = timed_pair(raw, step, args.repeats, device)
@@ -241,6 +239,13 @@ def main() -> None:
     print(f"wrote {write_result(tag, chr(10).join(md) + chr(10), rows + fold_rows + alone_rows)}")
 
 
+def _working_input(attack: Attack, full: torch.Tensor) -> torch.Tensor:
+    """``full`` at ``attack``'s working size, as the loop makes it."""
+    ws = attack.work_size()
+    return full if ws is None else torch.nn.functional.interpolate(
+        full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
+
+
 def _step_pair(attack: Attack, ens: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     """The raw passes and one attack step of ``attack`` on ``x`` (at its working size), as
     two callables; what the loop computes once per batch or stage is computed here."""
@@ -261,9 +266,8 @@ def _step_pair(attack: Attack, ens: torch.nn.Module, x: torch.Tensor, y: torch.T
         with attack.surrogate():  # as run() does
             attack._step(x, params, velocity, y, idx, strength, g, prepared, None, box)
 
-    for _ in range(2):  # cached constants are built on the first call
-        raw()
-        step()
+    raw()  # cached constants are built on the first call
+    step()
     return raw, step
 
 
@@ -276,9 +280,7 @@ def count_only(args: argparse.Namespace, device: torch.device) -> None:
         y = torch.randint(0, 1000, (b,), device=device)
         for name, cfg in SETTINGS.items():
             attack = Attack(cfg, ens, device=device)
-            ws = attack.work_size()
-            x = full if ws is None else torch.nn.functional.interpolate(
-                full, size=(ws, ws), mode="bicubic", antialias=True).clamp(0, 1)
+            x = _working_input(attack, full)
             raw, step = _step_pair(attack, ens, x, y)
             rows.append({"batch": b, "family": name, "work_size": x.shape[-1],
                          "copies": cfg.copies, "ops_raw": dispatches(raw) * cfg.copies,
@@ -292,8 +294,9 @@ def count_only(args: argparse.Namespace, device: torch.device) -> None:
           f"one); torch {torch.__version__}  ",
           f"Command: {command_line()}  ",
           f"Ensemble {' + '.join(MODELS)}. Operators dispatched (views left out) by the raw "
-          "passes (times the copies a step makes) and by one attack step, counted after two "
-          "warm-ups; what the loop computes once per batch or stage (the families' prepared "
+          "passes (times the copies a step makes) and by one attack step, counted after a "
+          "warm-up (a step's count moves by a few operators with its input-diversity "
+          "draws); what the loop computes once per batch or stage (the families' prepared "
           "constants, the per-stage `Box`) is outside the step, as in the timed table. On a "
           "GPU each is at least one kernel launch, and at the batch sizes it is given the "
           "launches set the time: on an H200 the time ratios of `step_overhead-gpu` tracked "
