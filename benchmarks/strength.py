@@ -75,12 +75,6 @@ OLD_GRADE = {"brightness": 0.03, "contrast": 0.08, "saturation": 0.12, "hue": 0.
              "gamma": 0.08, "curve": 0.15, "channel_curve": 0.0}
 
 
-def _broad(ratio: float) -> list[str]:
-    """The texture's broad band at ``ratio``, its flat ramp on detail like the mid and coarse
-    bands' in the natural preset."""
-    return ["--set", f"texture.broad={ratio}", "--set", "texture.detail_bands=mid,coarse,broad"]
-
-
 def _gain(gain: float, bands: tuple[str, ...] = ("fine", "mid", "coarse")) -> list[str]:
     """The local gain of the original's own band set to ``gain`` in each of ``bands``."""
     return [a for band in bands for a in ("--set", f"texture.gain_{band}={gain}")]
@@ -150,8 +144,6 @@ CONFIGS: dict[str, list[str]] = {
                                            *_gain(0.5, ("mid", "coarse"))],
     "natural, seed 2": ["--seed", "2"],
     "natural, no grade": ["--preset", "natural", "--family", "texture"],
-    "natural, broad 2": ["--preset", "natural", *_broad(2.0)],
-    "natural, broad 4": ["--preset", "natural", *_broad(4.0)],
     "natural, texture x0.5": _texture_budget(0.5),
     "natural, texture x0.75": _texture_budget(0.75),
     "natural, texture x1.5": _texture_budget(1.5),
@@ -337,9 +329,6 @@ DESCRIPTION = {
                          "family alone; the natural preset itself since it dropped the "
                          "grade): on a GPU the grade's small per-image operations dispatch "
                          "more kernels per step than the whole texture family",
-    "natural, broad 2": "the default plus the texture's broad band (DoG 8/16 px, stride 16, "
-                        "outside the structure cap) at ratio 2, its flat ramp on detail",
-    "natural, broad 4": "the default plus the broad band at ratio 4",
     "natural, texture x0.5": "the default with half the texture bounds",
     "natural, texture x0.75": "the default with 0.75x the texture bounds",
     "natural, texture x1.5": "the default with 1.5x the texture bounds",

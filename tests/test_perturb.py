@@ -794,18 +794,6 @@ def test_texture_structure_cap_shrinks_the_change_where_the_original_has_no_mid_
         compose(["texture"], {"texture": {"structure_cap": "-1"}})
 
 
-def test_texture_broad_band_lies_outside_the_structure_cap():
-    g = torch.Generator().manual_seed(1)
-    x = (0.5 + 0.2 * (torch.rand(1, 1, 96, 96, generator=g) - 0.5)).expand(1, 3, 96, 96)
-    opts = {"broad": 2.0}
-    free = compose(["texture"], {"texture": opts}).families[0].prepare(x)["visibility"]
-    capped = compose(["texture"], {"texture": {**opts, "structure_cap": 4.0}})
-    vis = capped.families[0].prepare(x)["visibility"]
-    assert vis.shape[1] == free.shape[1] == 4  # fine, mid, coarse, broad
-    assert torch.equal(vis[:, 3], free[:, 3])
-    assert (vis[:, :3] < free[:, :3] - 1e-6).any()
-
-
 def test_texture_overshoot_keeps_each_pixel_short_of_its_neighbours_extremes():
     import kornia.color as KC
 

@@ -70,11 +70,7 @@ BANDS: tuple[tuple[str, tuple[float, float], int], ...] = (
     ("fine", (0.7, 2.0), 2),
     ("mid", (2.0, 4.0), 4),
     ("coarse", (4.0, 8.0), 8),
-    ("broad", (8.0, 16.0), 16),
 )
-# The bands structure_cap bounds: the broad band lies below the scale reshaped structure is
-# measured at.
-STRUCTURE_BANDS = ("fine", "mid", "coarse")
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
@@ -182,7 +178,7 @@ def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
 
 @torch.no_grad()
 def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
-               bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS[:3],
+               bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
                range_margin: float = 0.0, detail_sigma: float = 0.0,
                detail_bands: tuple[str, ...] | None = None) -> Tensor:
@@ -241,9 +237,6 @@ class TextureConfig:
     fine: float = 3.2  # 0 switches the band off
     mid: float = 8.0
     coarse: float = 8.0
-    # The broad band (DoG 8/16 px, stride 16; 0: off): local contrast at the scale of objects'
-    # parts, below the band reshaped structure is measured in.
-    broad: float = 0.0
     channels: Literal["luma", "rgb"] = "luma"
     # Ratios of the fine and mid bands' two opponent-colour components to the original's own
     # colour detail of that band (0: luminance only); "luma" channels only.
@@ -286,7 +279,6 @@ class TextureConfig:
     gain_fine: float = 0.0
     gain_mid: float = 0.0
     gain_coarse: float = 0.0
-    gain_broad: float = 0.0
     # Share of the way to the darkest or brightest of its 3x3 neighbours in the original that
     # the luminance change may move a pixel (0: off). The range gate reads where a pixel
     # starts, not where it ends: without this an edge pixel is carried past the sky beside it
@@ -452,18 +444,13 @@ class TextureFamily(Family):
                 "lowcut_norm": blur_field(bound, c.lowcut).clamp_min(1e-6)}
 
     def _structure_share(self, x: Tensor, vis: Tensor) -> Tensor:
-        """The share of each band's map kept so that the summed bounds of the
-        :data:`STRUCTURE_BANDS` stay within ``structure_cap`` times the original's local
-        mid-scale structure (the band and window that
-        :func:`unrestrict.naturalness.structure_change` measures against); 1 for the broad
-        band. (B, bands, H, W)."""
+        """The share of every band's map kept so that their summed bounds stay within
+        ``structure_cap`` times the original's local mid-scale structure (the band and window
+        that :func:`unrestrict.naturalness.structure_change` measures against). (B, 1, H, W)."""
         band = structure_band(KC.rgb_to_grayscale(x.float()) * 255)
         allow = self.config.structure_cap / 255 * (_blur(band * band, STRUCTURE_WINDOW) + 1).sqrt()
-        capped = torch.tensor([name in STRUCTURE_BANDS for _, name, *_ in self._bands()],
-                              device=vis.device).view(1, -1, 1, 1)
-        total = (vis * self._band_ratios(vis) * capped).sum(1, keepdim=True)
-        share = (allow.to(vis.dtype) / total.clamp_min(1e-12)).clamp(max=1)
-        return torch.where(capped, share, torch.ones_like(share))
+        total = (vis * self._band_ratios(vis)).sum(1, keepdim=True)
+        return (allow.to(vis.dtype) / total.clamp_min(1e-12)).clamp(max=1)
 
     def _band_ratios(self, like: Tensor) -> Tensor:
         """Each switched-on band's ratio, shaped (1, bands, 1, 1) to scale its map."""
