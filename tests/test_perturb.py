@@ -165,6 +165,22 @@ def test_clamp_unit_has_the_gradient_of_clamp_at_and_beyond_the_ends(dtype):
     assert a.grad.tolist() == [0, 0, 0, 4, 0, 0, 0]  # torch's clamp: none at 0 and 1 either
 
 
+def test_clamp_between_is_clamp_with_the_whole_gradient_at_its_bounds():
+    from unrestrict.perturb.base import clamp_between
+
+    x = torch.tensor([-0.5, -0.2, 0.0, 0.3, 0.7, 0.9, 1.5], dtype=torch.float64)
+    low = torch.tensor([-0.4, -0.2, -0.1, 0.0, 0.0, 0.5, 0.0], dtype=torch.float64)
+    high = torch.tensor([0.5, 0.5, 0.0, 0.4, 0.7, 0.8, 1.0], dtype=torch.float64)
+    grad = torch.arange(1, 8, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.testing.assert_close(clamp_between(a, low, high), b.clamp(low, high), atol=0, rtol=0)
+    (clamp_between(a, low, high) * grad).sum().backward()
+    (b.clamp(low, high) * grad).sum().backward()
+    off_bounds = (x != low) & (x != high)
+    torch.testing.assert_close(a.grad[off_bounds], b.grad[off_bounds], atol=0, rtol=0)
+    assert a.grad.tolist() == [0, 2, 3, 4, 5, 0, 0]  # whole at a bound (autograd: halved)
+
+
 def test_lookup_is_linear_interpolation_with_its_own_gradients():
     """The hand-written lookup (forward and backward) against plain interpolation and autograd,
     inside [0, 1] and on the end segments' extensions outside it."""
@@ -408,6 +424,25 @@ def test_upsample_field_is_torch_bicubic(grid):
     const = torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64)
     torch.testing.assert_close(upsample_field(const, 20, 20), torch.full((1, 1, 20, 20), 0.3,
                                                                           dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["bspline", "bicubic"])
+@pytest.mark.parametrize("shape,size", [((2, 1, 60, 45), (120, 90)),  # reflected borders
+                                        ((1, 2, 3, 5), (24, 40))])  # replicated
+def test_highpass_upsample_dense_form_is_blur_difference_and_upsampling(mode, shape, size):
+    """The form off the CPU (two dense products) against the one on it, values and gradient."""
+    from unrestrict.perturb.base import _highpass_upsample_dense, highpass_upsample_field
+
+    g = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ours = _highpass_upsample_dense(g, 1.0, *size, mode)
+    ref = highpass_upsample_field(g, 1.0, *size, mode)  # CPU: blur_field, upsample_field
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    w = torch.randn_like(ref)
+    (ga,) = torch.autograd.grad((ours * w).sum(), g)
+    (gb,) = torch.autograd.grad((ref * w).sum(), g)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=0)
+    flat = torch.full(shape, 0.3, dtype=torch.float64)  # a high-pass drops a constant
+    assert _highpass_upsample_dense(flat, 1.0, *size, mode).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 70, 45), (1, 2, 3, 9)])  # banded; replicated

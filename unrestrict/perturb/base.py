@@ -44,7 +44,9 @@ __all__ = [
     "cubic_weights",
     "interpolation_weights",
     "clamp_unit",
+    "clamp_between",
     "upsample_field",
+    "highpass_upsample_field",
     "upsample_field_adjoint",
     "grid_tv",
 ]
@@ -228,6 +230,33 @@ def clamp_unit(x: Tensor) -> Tensor:
     return _ClampUnit.apply(x) if torch.is_grad_enabled() and x.requires_grad else x.clamp(0, 1)
 
 
+class _ClampBetween(torch.autograd.Function):
+    """``x.clamp(low, high)`` for tensor bounds that take no gradient, the gradient passed
+    where ``low <= x <= high`` by a mask kept in the forward pass: one kernel backward, where
+    ``minimum(maximum(...))``'s takes a dozen. Autograd halves the gradient at a bound; here
+    it passes whole, so a change that starts on its bound (zero where a pixel is already its
+    neighbours' extreme) gets the full gradient to move inward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+        out = x.clamp(low, high)
+        ctx.save_for_backward(out == x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def clamp_between(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``x.clamp(low, high)`` with tensor bounds, the gradient to ``x`` alone; see
+    :class:`_ClampBetween`."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ClampBetween.apply(x, low, high)
+    return x.clamp(low, high)
+
+
 def cached_constant(fn: Callable[..., T]) -> Callable[..., T]:
     """Memoise a builder of constant tensors (arguments: hashables such as sizes, device, dtype).
 
@@ -381,6 +410,53 @@ def blur_field(grid: Tensor, sigma: float) -> Tensor:
     cols = _gaussian_weights(gw, sigma, border, grid.device, grid.dtype)
     g = matmul_rows(*rows, grid.reshape(b * c, gh, gw))  # (N, gh, gw)
     return matmul_rows(*cols, g.transpose(1, 2)).transpose(1, 2).reshape(b, c, gh, gw)
+
+
+@cached_constant
+def _highpass_upsample_weights(steps: tuple[int, int], size: tuple[int, int], sigma: float,
+                               border: str, mode: str, device: torch.device,
+                               dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The two matrices of :func:`highpass_upsample_field`'s dense form. With ``U`` an axis's
+    upsampling and ``G`` its blur, the field is ``Uh g Uw' - (Uh Gh) g (Uw Gw)'``: columns
+    (gw, 2 W) hold ``[Uw' | (Uw Gw)']``, rows (H, 2 gh) interleave ``Uh`` and ``-(Uh Gh)``
+    so that they read the column pass's (gh, 2, W) output as it lies."""
+    cpu, f64 = torch.device("cpu"), torch.float64
+    (gh, gw), (height, width) = steps, size
+
+    def axis(n: int, out: int) -> tuple[Tensor, Tensor]:
+        up = interpolation_weights(n, out, cpu, f64, mode)
+        return up, up @ _gaussian_weights(n, sigma, border, cpu, f64)[0]
+
+    uw, uw_blur = axis(gw, width)
+    uh, uh_blur = axis(gh, height)
+    cols = torch.cat([uw.t(), uw_blur.t()], 1)
+    rows = torch.stack([uh, -uh_blur], 2).reshape(height, 2 * gh)
+    return rows.to(device, dtype), cols.to(device, dtype)
+
+
+def highpass_upsample_field(grid: Tensor, sigma: float, height: int, width: int,
+                            mode: str = "bicubic") -> Tensor:
+    """``upsample_field(grid - blur_field(grid, sigma), height, width, mode)``: a grid's own
+    high-pass, upsampled. (B, C, g, h) -> (B, C, H, W).
+
+    On the CPU as written there (banded products). Elsewhere both linear maps are folded into
+    two dense products, one per axis: four kernels a step with the backward pass, where the
+    blur, the difference and the upsampling take twelve, and at the batch sizes a GPU is
+    given the launches, not the arithmetic, set a step's time.
+    """
+    if grid.device.type == "cpu" or grid.shape[-2:] == (height, width):
+        return upsample_field(grid - blur_field(grid, sigma), height, width, mode)
+    return _highpass_upsample_dense(grid, sigma, height, width, mode)
+
+
+def _highpass_upsample_dense(grid: Tensor, sigma: float, height: int, width: int,
+                             mode: str) -> Tensor:
+    b, c, gh, gw = grid.shape
+    border = "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
+    rows, cols = _highpass_upsample_weights((gh, gw), (height, width), sigma, border, mode,
+                                            grid.device, grid.dtype)
+    both = torch.matmul(grid.reshape(b * c, gh, gw), cols)  # (N, gh, 2 W) = (N, gh, 2, W)
+    return torch.matmul(rows, both.view(b * c, 2 * gh, width)).view(b, c, height, width)
 
 
 def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:

@@ -57,7 +57,9 @@ from .base import (
     ParamSpec,
     blur_field,
     cached_constant,
+    clamp_between,
     clamp_unit,
+    highpass_upsample_field,
     register_family,
     upsample_field,
 )
@@ -389,9 +391,9 @@ class TextureFamily(Family):
 
     def _field(self, grid: Tensor, h: int, w: int) -> Tensor:
         """A band's grid, high-passed on itself, as a (B, C, h, w) field."""
-        if self.config.highpass > 0:
-            grid = grid - blur_field(grid, self.config.highpass)
         # The grid's corners sit on the image's corners (align_corners upsampling).
+        if self.config.highpass > 0:
+            return highpass_upsample_field(grid, self.config.highpass, h, w, UPSAMPLE)
         return upsample_field(grid, h, w, UPSAMPLE)
 
     def prepare(self, x: Tensor) -> dict[str, Tensor]:
@@ -477,8 +479,7 @@ class TextureFamily(Family):
                 * prepared["bands"][:, j : j + 1]
             delta = term if delta is None else delta + term
         if delta is not None and "overshoot_down" in prepared:
-            bounded = torch.minimum(torch.maximum(delta, prepared["overshoot_down"]),
-                                    prepared["overshoot_up"])
+            bounded = clamp_between(delta, prepared["overshoot_down"], prepared["overshoot_up"])
             weight = prepared.get("overshoot_weight")
             delta = bounded if weight is None else delta + weight * (bounded - delta)
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
