@@ -159,7 +159,8 @@ def _ops_lines() -> list[str]:
            for name in ("natural preset", "texture", "color", "pixel (full 500x500)")]
     return [f"| operators a step dispatches / the raw passes' (the GPU's code paths, counted on "
             f"meta tensors, batch {'/'.join(map(str, batches))}; each a kernel launch, and at "
-            f"small batches a GPU step's time follows them) | {'; '.join(per)} | <= 1.10x |"]
+            f"small batches a GPU step's time follows them; the host's random draws left "
+            f"out) | {'; '.join(per)} | <= 1.10x |"]
 
 
 def _later_lines() -> list[str]:

@@ -12,8 +12,10 @@ Each row also counts the operators a raw pass and a step dispatch (views left ou
 CPU each is at least one kernel launch, and at the batch sizes a GPU is given the launches,
 not the arithmetic, set a step's time: on an H200 the time ratios tracked the count ratios.
 ``--device meta`` counts them on the GPU's code paths without a GPU (and without data: any
-host sync in a step fails there), and skips the timing. A step's count moves by a few
-operators with its input-diversity draws (each image resized and padded, or not).
+host sync in a step fails there), and skips the timing; there, operators on CPU tensors
+alone (the augmentations' per-image random draws) are host work with no kernel, counted
+apart. A step's count moves by a few operators with its input-diversity draws (each image
+resized and padded, or not).
 
     python benchmarks/step_overhead.py --batch-sizes 4,16
     python benchmarks/step_overhead.py --device meta --batch-sizes 4
@@ -28,6 +30,7 @@ import statistics
 import time
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from _common import command_line, device_line, write_result
@@ -66,22 +69,30 @@ VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "transpose", "t", "perm
 
 
 class _Dispatches(TorchDispatchMode):
-    """Counts the ATen operators dispatched inside it, views left out."""
+    """Counts the ATen operators dispatched inside it, views left out: ``count`` all of them,
+    ``host`` those on CPU tensors alone (off the CPU: host work, such as the per-image random
+    draws, that launches no kernel)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.count = self.host = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.overloadpacket.__name__ not in VIEW_OPS
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ not in VIEW_OPS:
+            self.count += 1
+            tensors = [t for t in pytree.tree_leaves((args, kwargs, out))
+                       if isinstance(t, torch.Tensor)]
+            self.host += all(t.device.type == "cpu" for t in tensors)
+        return out
 
 
-def dispatches(fn) -> int:
-    """Operators (not views) one call of ``fn`` dispatches."""
+def dispatches(fn, host: bool = False) -> int | tuple[int, int]:
+    """Operators (not views) one call of ``fn`` dispatches; with ``host``, also how many of
+    them ran on CPU tensors alone."""
     with _Dispatches() as mode:
         fn()
-    return mode.count
+    return (mode.count, mode.host) if host else mode.count
 
 
 def _once(fn, device: torch.device) -> float:
@@ -282,30 +293,36 @@ def count_only(args: argparse.Namespace, device: torch.device) -> None:
             attack = Attack(cfg, ens, device=device)
             x = _working_input(attack, full)
             raw, step = _step_pair(attack, ens, x, y)
+            (ops_raw, raw_host), (ops_step, host) = (dispatches(raw, host=True),
+                                                      dispatches(step, host=True))
             rows.append({"batch": b, "family": name, "work_size": x.shape[-1],
-                         "copies": cfg.copies, "ops_raw": dispatches(raw) * cfg.copies,
-                         "ops_step": dispatches(step)})
+                         "copies": cfg.copies, "ops_raw": (ops_raw - raw_host) * cfg.copies,
+                         "ops_step": ops_step - host, "ops_host": host})
             r = rows[-1]
             print(f"b={b:>3} {name:>24}: ops {r['ops_raw']} -> {r['ops_step']} "
-                  f"x{r['ops_step'] / r['ops_raw']:.3f}", flush=True)
+                  f"x{r['ops_step'] / r['ops_raw']:.3f} (+{host} on the host)", flush=True)
     md = ["### Step overhead in operators: one optimisation step vs the raw ensemble "
           "forward+backward\n",
           f"Device: {device.type} (no data: the code paths a GPU takes, counted without "
           f"one); torch {torch.__version__}  ",
           f"Command: {command_line()}  ",
-          f"Ensemble {' + '.join(MODELS)}. Operators dispatched (views left out) by the raw "
-          "passes (times the copies a step makes) and by one attack step, counted after a "
-          "warm-up (a step's count moves by a few operators with its input-diversity "
-          "draws); what the loop computes once per batch or stage (the families' prepared "
-          "constants, the per-stage `Box`) is outside the step, as in the timed table. On a "
-          "GPU each is at least one kernel launch, and at the batch sizes it is given the "
-          "launches set the time: on an H200 the time ratios of `step_overhead-gpu` tracked "
-          "these. Target: ratio <= 1.10.\n",
-          "| batch | family | working size | copies | ops raw x copies | ops step | ratio |",
-          "|---|---|---|---|---|---|---|"]
+          f"Ensemble {' + '.join(MODELS)}. Operators dispatched on the device (views left "
+          "out) by the raw passes (times the copies a step makes) and by one attack step, "
+          "counted after a warm-up (a step's count moves by a few operators with its "
+          "input-diversity draws); what the loop computes once per batch or stage (the "
+          "families' prepared constants, the per-stage `Box`) is outside the step, as in the "
+          "timed table. On a GPU each is at least one kernel launch, and at the batch sizes "
+          "it is given the launches set the time: on an H200 the time ratios of "
+          "`step_overhead-gpu` tracked these. `host ops`: the step's operators on CPU "
+          "tensors alone (the per-image random draws of the augmentations, one or two per "
+          "image), host work that launches no kernel, left out of the ratio. "
+          "Target: ratio <= 1.10.\n",
+          "| batch | family | working size | copies | ops raw x copies | ops step | ratio | "
+          "host ops |",
+          "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['family']} | {r['work_size']} | {r['copies']} | "
-           f"{r['ops_raw']} | {r['ops_step']} | {r['ops_step'] / r['ops_raw']:.3f} |"
-           for r in rows]
+           f"{r['ops_raw']} | {r['ops_step']} | {r['ops_step'] / r['ops_raw']:.3f} | "
+           f"{r['ops_host']} |" for r in rows]
     print(f"wrote {write_result('step_overhead-ops', chr(10).join(md) + chr(10), rows)}")
 
 
