@@ -399,13 +399,18 @@ def _gaussian_weights(size: int, sigma: float, border: str, device: torch.device
     return w, banded_matrix(w)
 
 
+def _blur_border(gh: int, gw: int, sigma: float) -> str:
+    """:func:`blur_field`'s padding: reflected, replicated on grids too small to reflect."""
+    return "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
+
+
 def blur_field(grid: Tensor, sigma: float) -> Tensor:
     """``kornia.filters.gaussian_blur2d`` of a (B, C, h, w) grid with kernel
     ``2 * ceil(3 sigma) + 1``: reflected borders, replicated on grids too small to reflect.
     As banded matrix products, one axis at a time: on the CPU a single-channel convolution's
     backward is far slower than a product's."""
     b, c, gh, gw = grid.shape
-    border = "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
+    border = _blur_border(gh, gw, sigma)
     rows = _gaussian_weights(gh, sigma, border, grid.device, grid.dtype)
     cols = _gaussian_weights(gw, sigma, border, grid.device, grid.dtype)
     g = matmul_rows(*rows, grid.reshape(b * c, gh, gw))  # (N, gh, gw)
@@ -452,7 +457,7 @@ def highpass_upsample_field(grid: Tensor, sigma: float, height: int, width: int,
 def _highpass_upsample_dense(grid: Tensor, sigma: float, height: int, width: int,
                              mode: str) -> Tensor:
     b, c, gh, gw = grid.shape
-    border = "replicate" if min(gh, gw) <= math.ceil(3 * sigma) else "reflect"
+    border = _blur_border(gh, gw, sigma)
     rows, cols = _highpass_upsample_weights((gh, gw), (height, width), sigma, border, mode,
                                             grid.device, grid.dtype)
     both = torch.matmul(grid.reshape(b * c, gh, gw), cols)  # (N, gh, 2 W) = (N, gh, 2, W)
