@@ -30,6 +30,9 @@ the **cross-arch** protocol (first) attacks Lite0 alone, checks the per-image bu
 and claims transfer on MobileNetV2, another architecture and training recipe. The
 **same-family** protocol (attack Lite0 + MobileNetV2, score on Lite2) follows for comparison.
 Every configuration runs beside the L-inf baseline with the same models.
+
+What the rows taught, option by option, and what was seen in the images at full size:
+[FINDINGS.md](FINDINGS.md).
 """
 
 
