@@ -223,6 +223,16 @@ CONFIGS: dict[str, list[str]] = {
     "natural, exact gradients": ["--sgm-gamma", "1", "--relu-width", "0"],
     "natural, skip-gradient only": ["--relu-width", "0"],
     "natural, smooth rectifiers only": ["--sgm-gamma", "1"],
+    "natural, no surrogate gradients": ["--preset", "natural", "--sgm-gamma", "1",
+                                        "--relu-width", "0"],
+    "natural, sgm 0.25": ["--preset", "natural", "--sgm-gamma", "0.25", "--relu-width", "1"],
+    "natural, relu width 2": ["--preset", "natural", "--relu-width", "2"],
+    "natural, ce loss": ["--preset", "natural", "--loss", "ce", "--relu-width", "1"],
+    "natural, relu width 4": ["--preset", "natural", "--relu-width", "4"],
+    "natural, relu width 3": ["--preset", "natural", "--relu-width", "3"],
+    "natural, relu width 1.5": ["--preset", "natural", "--relu-width", "1.5"],
+    "natural, relu width 1, seed 1": ["--preset", "natural", "--relu-width", "1", "--seed", "1"],
+    "natural, relu width 2, seed 1": ["--preset", "natural", "--relu-width", "2", "--seed", "1"],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
@@ -430,6 +440,23 @@ DESCRIPTION = {
                                 "skip-gradient, exact rectifier derivatives)",
     "natural, skip-gradient only": "the default with exact rectifier derivatives",
     "natural, smooth rectifiers only": "the default without the skip-gradient scaling",
+    "natural, no surrogate gradients": "the natural preset without its surrogate gradients",
+    "natural, sgm 0.25": "the natural preset with residual branches passing 0.25 of "
+                                "the gradient (0.5), rectifier ramp 1",
+    "natural, relu width 2": "the natural preset with rectifier derivatives ramped over "
+                                    "+-2 (1)",
+    "natural, ce loss": "the natural preset with cross-entropy in place of the CW margin, "
+                        "rectifier ramp 1",
+    "natural, relu width 4": "the natural preset with rectifier derivatives ramped over "
+                             "+-4 (1)",
+    "natural, relu width 3": "the natural preset with rectifier derivatives ramped over "
+                             "+-3 (1)",
+    "natural, relu width 1.5": "the natural preset with rectifier derivatives ramped over "
+                               "+-1.5 (1)",
+    "natural, relu width 1, seed 1": "the natural preset with rectifier derivatives ramped "
+                                     "over +-1 (its ramp until it took 2), another seed",
+    "natural, relu width 2, seed 1": "the natural preset with rectifier derivatives ramped "
+                                     "over +-2, another seed",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",
