@@ -254,9 +254,9 @@ PRESET_HELP: dict[str, str] = {
                "most {overshoot:g} of the way to its 3x3 neighbours' darkest or brightest: "
                "no fringe along an edge against the sky; no colour grade), per-image "
                "budget in {stages} stages checked on the validation models, surrogate "
-               "gradients; an image stops growing where its result would show as an edit "
-               "(--natural-limit 1), so every result stays within the naturalness "
-               "limits".format(**_NATURAL_TEXTURE, stages=_NATURAL_STAGES),
+               "gradients (rectifier ramp 2); an image stops growing where its result "
+               "would show as an edit (--natural-limit 1), so every result stays within "
+               "the naturalness limits".format(**_NATURAL_TEXTURE, stages=_NATURAL_STAGES),
     "bold": f"the texture family's own bounds (fine {_TEXTURE.fine:g}, mid {_TEXTURE.mid:g}, "
             f"coarse {_TEXTURE.coarse:g}) plus a mild global colour grade, without the "
             "per-image naturalness limit: far more "
