@@ -20,10 +20,11 @@ def test_every_preset_composes_and_is_described(name):
     assert PRESET_HELP[name]
 
 
-def test_natural_is_bold_with_capped_fine_texture_no_grade_stopped_at_the_limits():
+def test_natural_is_bold_with_capped_fine_texture_no_grade_wider_ramp_stopped_at_the_limits():
     natural, bold = PRESETS["natural"], PRESETS["bold"]
     default = TextureConfig()
     assert natural.natural_limit == 1.0 and bold.natural_limit == 0.0
+    assert natural.relu_width == 2.0 and bold.relu_width == 1.0
     assert natural.family_options["texture"] == {
         "fine": default.fine * 4, "mid": default.mid, "coarse": default.coarse,
         "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
@@ -31,7 +32,8 @@ def test_natural_is_bold_with_capped_fine_texture_no_grade_stopped_at_the_limits
     assert natural.stages == 2 * bold.stages
     assert natural.families == ("texture",) and bold.families == ("texture", "color")
     assert dataclasses.replace(natural, natural_limit=0.0, family_options={},
-                               stages=bold.stages, families=bold.families) == bold
+                               stages=bold.stages, families=bold.families,
+                               relu_width=bold.relu_width) == bold
     assert GenerateConfig().attack == natural  # the library's default is the CLI's
 
 
