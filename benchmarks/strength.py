@@ -233,6 +233,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, relu width 1.5": ["--preset", "natural", "--relu-width", "1.5"],
     "natural, relu width 1, seed 1": ["--preset", "natural", "--relu-width", "1", "--seed", "1"],
     "natural, relu width 2, seed 1": ["--preset", "natural", "--relu-width", "2", "--seed", "1"],
+    "bold, relu width 2": ["--preset", "bold", "--relu-width", "2"],
+    "natural, overshoot 1 everywhere": ["--preset", "natural", "--set", "texture.overshoot=1",
+                                        "--set", "texture.overshoot_reach=0"],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
@@ -457,6 +460,10 @@ DESCRIPTION = {
                                      "over +-1 (its ramp until it took 2), another seed",
     "natural, relu width 2, seed 1": "the natural preset with rectifier derivatives ramped "
                                      "over +-2, another seed",
+    "bold, relu width 2": "the bold preset with rectifier derivatives ramped over +-2 (1)",
+    "natural, overshoot 1 everywhere": "the natural preset with every pixel's luminance kept "
+                                       "within its 3x3 neighbours' range in the original "
+                                       "(0.5 of the way within 7 px of a flat pixel)",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",
