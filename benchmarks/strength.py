@@ -463,7 +463,7 @@ DESCRIPTION = {
     "bold, relu width 2": "the bold preset with rectifier derivatives ramped over +-2 (1)",
     "natural, overshoot 1 everywhere": "the natural preset with every pixel's luminance kept "
                                        "within its 3x3 neighbours' range in the original "
-                                       "(0.5 of the way within 7 px of a flat pixel)",
+                                       "(the preset: half-way, within 7 px of a flat pixel)",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",
