@@ -231,6 +231,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, relu width 4": ["--preset", "natural", "--relu-width", "4"],
     "natural, relu width 3": ["--preset", "natural", "--relu-width", "3"],
     "natural, relu width 1.5": ["--preset", "natural", "--relu-width", "1.5"],
+    "natural, relu width 1": ["--preset", "natural", "--relu-width", "1"],
     "natural, relu width 1, seed 1": ["--preset", "natural", "--relu-width", "1", "--seed", "1"],
     "natural, relu width 2, seed 1": ["--preset", "natural", "--relu-width", "2", "--seed", "1"],
     "bold, relu width 2": ["--preset", "bold", "--relu-width", "2"],
@@ -456,6 +457,8 @@ DESCRIPTION = {
                              "+-3 (1)",
     "natural, relu width 1.5": "the natural preset with rectifier derivatives ramped over "
                                "+-1.5 (1)",
+    "natural, relu width 1": "the natural preset with rectifier derivatives ramped over +-1 "
+                             "(its ramp until it took 2)",
     "natural, relu width 1, seed 1": "the natural preset with rectifier derivatives ramped "
                                      "over +-1 (its ramp until it took 2), another seed",
     "natural, relu width 2, seed 1": "the natural preset with rectifier derivatives ramped "
