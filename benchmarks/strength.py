@@ -237,6 +237,8 @@ CONFIGS: dict[str, list[str]] = {
     "bold, relu width 2": ["--preset", "bold", "--relu-width", "2"],
     "natural, overshoot 1 everywhere": ["--preset", "natural", "--set", "texture.overshoot=1",
                                         "--set", "texture.overshoot_reach=0"],
+    "natural preset, 2 copies per step": ["--preset", "natural", "--copies", "2"],
+    "bold, 2 copies per step": ["--preset", "bold", "--copies", "2"],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
@@ -467,6 +469,9 @@ DESCRIPTION = {
     "natural, overshoot 1 everywhere": "the natural preset with every pixel's luminance kept "
                                        "within its 3x3 neighbours' range in the original "
                                        "(the preset: half-way, within 7 px of a flat pixel)",
+    "natural preset, 2 copies per step": "the natural preset with 2 DI copies per step, "
+                                         "gradients averaged (2 passes a step)",
+    "bold, 2 copies per step": "the bold preset with 2 DI copies per step (2 passes a step)",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",
