@@ -727,6 +727,28 @@ def test_texture_detail_activity_treats_smooth_shading_as_flat():
     assert some[:, 1:].amax() == 0
 
 
+def test_texture_disorder_keeps_clean_outlines_and_spares_irregular_texture():
+    from unrestrict.perturb.texture import visibility
+
+    # Dark round spots with clean outlines on a light ground (a dalmatian's coat), beside
+    # irregular texture of about the same contrast: a median keeps the spots, not the grain.
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    spots = torch.full((96, 96), 0.85)
+    for cy in (16, 48, 80):
+        for cx in (16, 48, 80):
+            spots[(yy - cy) ** 2 + (xx - cx) ** 2 < 8.0**2] = 0.15
+    grain = 0.5 + (torch.rand(96, 96, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
+    plain = {n: visibility(t.expand(1, 3, 96, 96)) for n, t in (("spots", spots),
+                                                                 ("grain", grain))}
+    kept = {n: visibility(t.expand(1, 3, 96, 96), disorder=5).sum((0, 2, 3)) / plain[n].sum(
+        (0, 2, 3)) for n, t in (("spots", spots), ("grain", grain))}
+    assert (kept["spots"] < 0.45).all()  # what is left: the outlines' pixel staircase
+    assert (kept["grain"] > 0.9).all()
+    assert (visibility(grain.expand(1, 3, 96, 96), disorder=5) <= plain["grain"]).all()
+    with pytest.raises(ConfigError, match="odd median window"):
+        create_family("texture", {"disorder": 4})
+
+
 def test_texture_lowcut_takes_out_the_slow_part_and_leaves_flats_alone():
     from unrestrict.perturb.base import blur_field
 

@@ -19,6 +19,10 @@ bound below is exact. The map is
   luminance range: a plateau at the local extreme (white sky between dark branches, a dark
   gap between bright ones) shows any change of its level as a grey blotch, while pixels
   between the extremes (edges, continuous texture) hide it;
+* times, with ``disorder``, the share of the original's fine detail that a median filter
+  removes: an edge-preserving smoother keeps a clean outline (a dalmatian's spot, a curve
+  of lacquer), which the eye follows and sees move, and takes irregular texture (fur,
+  grass, gravel), which hides a change;
 * times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below
   ``flat_start``/255, 1 above ``flat_full``/255): pooling spreads a textured area's map a few
   pixels into the flat ones next to it, where a change shows as grain. With ``detail_sigma``
@@ -88,6 +92,8 @@ CHROMA_BANDS = ("fine", "mid")  # bands that may carry opponent-colour component
 # structure_cap's window on the original's structure band: a Gaussian about as wide as the
 # blocks reshaped structure is measured in.
 STRUCTURE_WINDOW = BLOCK / 2
+# Gaussian sigma (px) over which _disorder compares the median's residual with the detail.
+DISORDER_POOL = 4.0
 # Local 7x7 luminance std (/255) where a change starts to be allowed, and where in full.
 FLAT_START, FLAT_FULL = 3.0, 8.0
 
@@ -167,6 +173,20 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
     return (diff / trace.clamp_min(1e-10)).clamp(0, 1) ** 2
 
 
+def _disorder(luma: Tensor, window: int, pool: float = DISORDER_POOL) -> Tensor:
+    """The local share (RMS over a Gaussian of ``pool`` px) of the fine band of ``luma`` that
+    its ``window`` x ``window`` median leaves out: near 1 in irregular texture, near 0 along
+    clean edges and outlines, which the median keeps. (B, 1, H, W) in [0, 1]."""
+    s0, s1 = BANDS[0][1]
+
+    def fine(t: Tensor) -> Tensor:
+        return _blur(t, s0) - _blur(t, s1)
+
+    residual = fine(luma - KF.median_blur(luma, (window, window)))
+    share = _blur(residual * residual, pool) / _blur(fine(luma) ** 2, pool).clamp_min(1e-12)
+    return share.sqrt().clamp(0, 1)
+
+
 def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
                     density_scale: float) -> Tensor:
     """Local RMS of ``signal``'s band (difference of Gaussians), its channels' energies
@@ -183,7 +203,7 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
                bands: tuple[tuple[str, tuple[float, float], int], ...] = BANDS,
                flat: tuple[float, float] = (FLAT_START / 255, FLAT_FULL / 255),
                range_margin: float = 0.0, detail_sigma: float = 0.0,
-               detail_bands: tuple[str, ...] | None = None) -> Tensor:
+               detail_bands: tuple[str, ...] | None = None, disorder: int = 0) -> Tensor:
     """Per-band amplitude of a change that the original's own detail can hide (0-1 units).
 
     Args:
@@ -200,12 +220,15 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
             (detail only), not on the luminance itself.
         detail_bands: the bands ``detail_sigma`` applies to (None: all); the others measure
             ``flat`` on the luminance.
+        disorder: 0 (off) or an odd median window (px): every map times the share of the
+            original's fine detail that median leaves out (:func:`_disorder`).
 
     Returns:
         (B, len(bands), H, W).
     """
     luma = KC.rgb_to_grayscale(x.float())
     actives = _band_activities(luma, flat, detail_sigma, [b[0] for b in bands], detail_bands)
+    irregular = _disorder(luma, disorder) if disorder > 0 else None
     maps = []
     for (_, (s0, s1), _), active in zip(bands, actives, strict=True):
         amp = _band_amplitude(luma, (s0, s1), density_scale)
@@ -213,6 +236,8 @@ def visibility(x: Tensor, edge_power: float = 1.0, density_scale: float = 3.0,
             amp = amp * (1 - _coherence(luma, s0, 2 * s1)) ** edge_power
         if range_margin > 0:
             amp = amp * _range_position(luma, 2 * math.ceil(s1) + 1, range_margin)
+        if irregular is not None:
+            amp = amp * irregular
         maps.append(amp * active)
     return torch.cat(maps, 1).to(x.dtype)
 
@@ -256,6 +281,11 @@ class TextureConfig:
     detail_sigma: float = 0.0
     # The bands detail_sigma applies to, comma-separated; the others keep the plain std.
     detail_bands: str = "fine,mid,coarse"
+    # Odd median window (px) that splits the original into outlines and texture (0: off):
+    # every map times the share of its fine detail the median leaves out. A clean outline
+    # (a spot, a lacquered curve) is followed by the eye and seen to move however strong it
+    # is; irregular texture hides a change.
+    disorder: int = 0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
     # ratio / 2 then, and the band's field stays within +-ratio.
@@ -343,6 +373,9 @@ class TextureFamily(Family):
         if self.config.overshoot_reach < 0:
             raise ConfigError("texture overshoot_reach must be >= 0 (pixels from a flat one; "
                               "0: every pixel)")
+        if self.config.disorder < 0 or (self.config.disorder and self.config.disorder % 2 == 0):
+            raise ConfigError("texture disorder must be 0 (off) or an odd median window in "
+                              "pixels")
         if not 0 <= self.config.range_margin <= 0.5:
             raise ConfigError("texture range_margin must be in [0, 0.5] (a share of the local "
                               "range from both extremes)")
@@ -401,7 +434,7 @@ class TextureFamily(Family):
         c = self.config
         flat = (c.flat_start / 255, c.flat_full / 255)
         vis = (visibility(x, c.edge_power, c.density_scale, on, flat, c.range_margin,
-                          c.detail_sigma, self._detail_bands())
+                          c.detail_sigma, self._detail_bands(), c.disorder)
                if on else x.new_zeros(x.shape[0], 0, *x.shape[2:]))
         if c.cap > 0:  # band k's change is at most ratio_k * map_k: cap the map at cap / ratio_k
             vis = torch.minimum(vis, c.cap / 255 / self._band_ratios(vis))
