@@ -20,9 +20,9 @@ bound below is exact. The map is
   gap between bright ones) shows any change of its level as a grey blotch, while pixels
   between the extremes (edges, continuous texture) hide it;
 * times, with ``disorder``, the share of the original's fine detail that a median filter
-  removes: an edge-preserving smoother keeps a clean outline (a dalmatian's spot, a curve
-  of lacquer), which the eye follows and sees move, and takes irregular texture (fur,
-  grass, gravel), which hides a change;
+  removes: an edge-preserving smoother keeps a clean outline (a dalmatian's spot), which the
+  eye follows and sees move, and takes irregular texture (fur, grass, gravel), which hides a
+  change;
 * times a ramp of the pixel's own local contrast (luminance std over 7x7: 0 below
   ``flat_start``/255, 1 above ``flat_full``/255): pooling spreads a textured area's map a few
   pixels into the flat ones next to it, where a change shows as grain. With ``detail_sigma``
@@ -173,17 +173,19 @@ def _coherence(luma: Tensor, sigma: float, rho: float) -> Tensor:
     return (diff / trace.clamp_min(1e-10)).clamp(0, 1) ** 2
 
 
+def _band(signal: Tensor, sigmas: tuple[float, float]) -> Tensor:
+    """``signal``'s band between two Gaussian blurs (a difference of Gaussians)."""
+    return _blur(signal, sigmas[0]) - _blur(signal, sigmas[1])
+
+
 def _disorder(luma: Tensor, window: int, pool: float = DISORDER_POOL) -> Tensor:
     """The local share (RMS over a Gaussian of ``pool`` px) of the fine band of ``luma`` that
     its ``window`` x ``window`` median leaves out: near 1 in irregular texture, near 0 along
     clean edges and outlines, which the median keeps. (B, 1, H, W) in [0, 1]."""
-    s0, s1 = BANDS[0][1]
-
-    def fine(t: Tensor) -> Tensor:
-        return _blur(t, s0) - _blur(t, s1)
-
-    residual = fine(luma - KF.median_blur(luma, (window, window)))
-    share = _blur(residual * residual, pool) / _blur(fine(luma) ** 2, pool).clamp_min(1e-12)
+    sigmas = BANDS[0][1]
+    residual = _band(luma - KF.median_blur(luma, (window, window)), sigmas)
+    share = _blur(residual * residual, pool) / _blur(_band(luma, sigmas) ** 2,
+                                                     pool).clamp_min(1e-12)
     return share.sqrt().clamp(0, 1)
 
 
@@ -192,9 +194,9 @@ def _band_amplitude(signal: Tensor, sigmas: tuple[float, float],
     """Local RMS of ``signal``'s band (difference of Gaussians), its channels' energies
     summed, pooled at two scales and the smaller kept: texture fills both windows, an
     isolated edge only the small one. (B, 1, H, W)."""
-    s0, s1 = sigmas
-    band = _blur(signal, s0) - _blur(signal, s1)
+    band = _band(signal, sigmas)
     energy = (band * band).sum(1, keepdim=True)
+    s1 = sigmas[1]
     return torch.minimum(_blur(energy, 2 * s1), _blur(energy, 2 * s1 * density_scale)).sqrt()
 
 
@@ -283,8 +285,8 @@ class TextureConfig:
     detail_bands: str = "fine,mid,coarse"
     # Odd median window (px) that splits the original into outlines and texture (0: off):
     # every map times the share of its fine detail the median leaves out. A clean outline
-    # (a spot, a lacquered curve) is followed by the eye and seen to move however strong it
-    # is; irregular texture hides a change.
+    # (a dalmatian's spot) is followed by the eye and seen to move however strong it is;
+    # irregular texture hides a change.
     disorder: int = 0
     # Each band's grid minus its Gaussian blur (sigma in grid cells; 0: off), so a band keeps
     # periods up to a few cells and no slow drift of brightness. The grid is bounded by
@@ -457,7 +459,7 @@ class TextureFamily(Family):
                                        self._detail_bands())
             bands = []
             for (_, (s0, s1), _), active in zip(gains.values(), actives, strict=True):
-                band = (_blur(luma, s0) - _blur(luma, s1)) * active
+                band = _band(luma, (s0, s1)) * active
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
                 bands.append(band)
