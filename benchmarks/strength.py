@@ -240,6 +240,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, 2 copies per step": ["--preset", "natural", "--copies", "2"],
     "bold, 2 copies per step": ["--preset", "bold", "--copies", "2"],
     "natural, disorder 5": ["--preset", "natural", "--set", "texture.disorder=5"],
+    "natural, disorder 5, bands x1.5": ["--preset", "natural", "--set", "texture.disorder=5",
+                                        "--set", "texture.fine=19.2", "--set", "texture.mid=12",
+                                        "--set", "texture.coarse=12"],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
@@ -476,6 +479,10 @@ DESCRIPTION = {
     "natural, disorder 5": "the natural preset with every texture map times the share of the "
                            "original's fine detail a 5x5 median leaves out (clean outlines "
                            "kept, irregular texture spared)",
+    "natural, disorder 5, bands x1.5": "disorder 5 with the natural preset's three band "
+                                       "ratios 1.5x (fine 19.2, mid and coarse 12; the "
+                                       "structure cap unchanged): the budget disorder takes "
+                                       "off outlines given back to irregular texture",
     "texture": "texture family alone, staged",
     "texture, RGB": "texture family alone, changing R, G and B independently",
     "color": "colour family alone (mild global grade), staged",
