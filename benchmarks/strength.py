@@ -240,6 +240,10 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, 2 copies per step": ["--preset", "natural", "--copies", "2"],
     "bold, 2 copies per step": ["--preset", "bold", "--copies", "2"],
     "natural, disorder 5": ["--preset", "natural", "--set", "texture.disorder=5"],
+    "natural, 12 stages to 1.5x": ["--preset", "natural", "--stages", "12",
+                                   "--set", "texture.fine=19.2", "--set", "texture.mid=12",
+                                   "--set", "texture.coarse=12",
+                                   "--set", "texture.structure_cap=12"],
     "natural, disorder 5, bands x1.5": ["--preset", "natural", "--set", "texture.disorder=5",
                                         "--set", "texture.fine=19.2", "--set", "texture.mid=12",
                                         "--set", "texture.coarse=12"],
@@ -479,6 +483,10 @@ DESCRIPTION = {
     "natural, disorder 5": "the natural preset with every texture map times the share of the "
                            "original's fine detail a 5x5 median leaves out (clean outlines "
                            "kept, irregular texture spared)",
+    "natural, 12 stages to 1.5x": "the natural preset with four more budget stages, its "
+                                  "band ratios and structure cap 1.5x over 12 stages (the "
+                                  "first 8 rungs are the preset's own), for the images that "
+                                  "reach its full budget within the limits unfooled",
     "natural, disorder 5, bands x1.5": "disorder 5 with the natural preset's three band "
                                        "ratios 1.5x (fine 19.2, mid and coarse 12; the "
                                        "structure cap unchanged): the budget disorder takes "
