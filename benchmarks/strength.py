@@ -240,6 +240,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural preset, 2 copies per step": ["--preset", "natural", "--copies", "2"],
     "bold, 2 copies per step": ["--preset", "bold", "--copies", "2"],
     "natural, disorder 5": ["--preset", "natural", "--set", "texture.disorder=5"],
+    "natural preset, shrink blocks": ["--preset", "natural", "--limit-shrink", "blocks"],
     "natural, 12 stages to 1.5x": ["--preset", "natural", "--stages", "12",
                                    "--set", "texture.fine=19.2", "--set", "texture.mid=12",
                                    "--set", "texture.coarse=12",
@@ -483,6 +484,9 @@ DESCRIPTION = {
     "natural, disorder 5": "the natural preset with every texture map times the share of the "
                            "original's fine detail a 5x5 median leaves out (clean outlines "
                            "kept, irregular texture spared)",
+    "natural preset, shrink blocks": "the natural preset; an over-limit result brought back "
+                                     "by shrinking its most edited 16x16 blocks, not the "
+                                     "whole change",
     "natural, 12 stages to 1.5x": "the natural preset with four more budget stages, its "
                                   "band ratios and structure cap 1.5x over 12 stages (the "
                                   "first 8 rungs are the preset's own), for the images that "
