@@ -138,6 +138,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, look-ahead 0.5": ["--preset", "natural", "--lookahead", "0.5"],
     "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
     "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
+    "natural, local gain 0.5, seed 1": ["--preset", "natural", *_gain(0.5), "--seed", "1"],
     "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
                                               "--lookahead", "1"],
     "natural, mid+coarse local gain 0.5": ["--preset", "natural",
@@ -346,6 +347,7 @@ DESCRIPTION = {
     "natural, local gain 0.5": "the default plus a local gain of the original's own band, "
                                "up to +-0.5 in each texture band (a local contrast edit, which "
                                "reshaped structure leaves out)",
+    "natural, local gain 0.5, seed 1": "the natural preset plus the local gain 0.5, seed 1",
     "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
                                              "the Nesterov look-ahead together",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
