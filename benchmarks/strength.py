@@ -94,6 +94,16 @@ def _natural_texture(scale: float, structure_cap: float, stages: int) -> list[st
             *(a for b in bands for a in ("--set", b))]
 
 
+# The natural preset's band ratios today, pinned for the rows that scale them.
+NATURAL_BANDS = {"fine": 12.8, "mid": 8.0, "coarse": 8.0}
+
+
+def _natural_bands(scale: float) -> list[str]:
+    """The natural preset's band ratios times ``scale``."""
+    return [a for band, value in NATURAL_BANDS.items()
+            for a in ("--set", f"texture.{band}={value * scale:g}")]
+
+
 def _gain_only(gain: float) -> list[str]:
     """The mid and coarse bands as a local gain of the original's band only, no added change."""
     return [a for band in ("mid", "coarse")
@@ -243,12 +253,9 @@ CONFIGS: dict[str, list[str]] = {
     "natural, disorder 5": ["--preset", "natural", "--set", "texture.disorder=5"],
     "natural preset, shrink blocks": ["--preset", "natural", "--limit-shrink", "blocks"],
     "natural, 12 stages to 1.5x": ["--preset", "natural", "--stages", "12",
-                                   "--set", "texture.fine=19.2", "--set", "texture.mid=12",
-                                   "--set", "texture.coarse=12",
-                                   "--set", "texture.structure_cap=12"],
+                                   *_natural_bands(1.5), "--set", "texture.structure_cap=12"],
     "natural, disorder 5, bands x1.5": ["--preset", "natural", "--set", "texture.disorder=5",
-                                        "--set", "texture.fine=19.2", "--set", "texture.mid=12",
-                                        "--set", "texture.coarse=12"],
+                                        *_natural_bands(1.5)],
     "texture": ["--family", "texture"],
     "texture, RGB": ["--family", "texture", "--set", "texture.channels=rgb"],
     "color": ["--family", "color"],
