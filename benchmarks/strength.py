@@ -148,6 +148,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, look-ahead 0.5": ["--preset", "natural", "--lookahead", "0.5"],
     "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
     "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
+    "natural, no local gain": ["--preset", "natural", *_gain(0)],
     "natural, local gain 0.5, seed 1": ["--preset", "natural", *_gain(0.5), "--seed", "1"],
     "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
                                               "--lookahead", "1"],
@@ -351,9 +352,12 @@ DESCRIPTION = {
                              "the bounds (no extra passes)",
     "natural, look-ahead 0.5": "the default with half that look-ahead",
     "bold, look-ahead 1": "`bold` with the Nesterov look-ahead of NI-FGSM",
-    "natural, local gain 0.5": "the default plus a local gain of the original's own band, "
-                               "up to +-0.5 in each texture band (a local contrast edit, which "
-                               "reshaped structure leaves out)",
+    "natural, local gain 0.5": "the natural preset of `e558b89` plus a local gain of the "
+                               "original's own band, up to +-0.5 in each texture band (a local "
+                               "contrast edit, which reshaped structure leaves out); the "
+                               "default since the commit after `e558b89`",
+    "natural, no local gain": "the natural preset without its local gain: the default of "
+                              "`e558b89`",
     "natural, local gain 0.5, seed 1": "the natural preset plus the local gain 0.5, seed 1",
     "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
                                              "the Nesterov look-ahead together",

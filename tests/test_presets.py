@@ -28,7 +28,8 @@ def test_natural_is_bold_with_capped_fine_texture_no_grade_wider_ramp_stopped_at
     assert natural.family_options["texture"] == {
         "fine": default.fine * 4, "mid": default.mid, "coarse": default.coarse,
         "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
-        "overshoot": 0.5, "overshoot_reach": 7}
+        "overshoot": 0.5, "overshoot_reach": 7,
+        "gain_fine": 0.5, "gain_mid": 0.5, "gain_coarse": 0.5}
     assert natural.stages == 2 * bold.stages
     assert natural.families == ("texture",) and bold.families == ("texture", "color")
     assert dataclasses.replace(natural, natural_limit=0.0, family_options={},

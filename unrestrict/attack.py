@@ -224,10 +224,12 @@ PIXEL_BASELINE = AttackConfig(
 _TEXTURE = TextureConfig()
 # natural's texture: most in the fine band and the sum capped by the original's mid-scale
 # structure, as reshaped structure (that scale) is the limit that binds; the mid and coarse
-# bands kept off smooth shading, where they drew blotches on glossy leather (README: Presets).
+# bands kept off smooth shading, where they drew blotches on glossy leather; a local gain of
+# each band changes contrast where the original has it, moving no edge (README: Presets).
 _NATURAL_TEXTURE = {"fine": _TEXTURE.fine * 4, "mid": _TEXTURE.mid, "coarse": _TEXTURE.coarse,
                     "structure_cap": 8.0, "detail_sigma": 2.0, "detail_bands": "mid,coarse",
-                    "overshoot": 0.5, "overshoot_reach": 7}
+                    "overshoot": 0.5, "overshoot_reach": 7,
+                    "gain_fine": 0.5, "gain_mid": 0.5, "gain_coarse": 0.5}
 _NATURAL_STAGES = 8
 PRESETS: dict[str, AttackConfig] = {
     # Every result within the naturalness limits: the contest's final round was judged by
@@ -252,7 +254,8 @@ PRESET_HELP: dict[str, str] = {
                "original's mid-scale structure; the mid and coarse bands off smooth shading; "
                "within {overshoot_reach} px of a flat pixel, each pixel's luminance moves at "
                "most {overshoot:g} of the way to its 3x3 neighbours' darkest or brightest: "
-               "no fringe along an edge against the sky; no colour grade), per-image "
+               "no fringe along an edge against the sky; plus a local gain of the "
+               "original's own bands within +-{gain_fine:g}; no colour grade), per-image "
                "budget in {stages} stages checked on the validation models, surrogate "
                "gradients (rectifier ramp 2); an image stops growing where its result "
                "would show as an edit (--natural-limit 1), so every result stays within "
