@@ -149,6 +149,7 @@ CONFIGS: dict[str, list[str]] = {
     "bold, look-ahead 1": ["--preset", "bold", "--lookahead", "1"],
     "natural, local gain 0.5": ["--preset", "natural", *_gain(0.5)],
     "natural, no local gain": ["--preset", "natural", *_gain(0)],
+    "natural, fine gain 1": ["--preset", "natural", *_gain(1, ("fine",))],
     "natural, local gain 0.5, seed 1": ["--preset", "natural", *_gain(0.5), "--seed", "1"],
     "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
                                               "--lookahead", "1"],
@@ -358,6 +359,10 @@ DESCRIPTION = {
                                "default since the commit after `e558b89`",
     "natural, no local gain": "the natural preset without its local gain: the default of "
                               "`e558b89`",
+    "natural, fine gain 1": "the natural preset with the fine band's local gain at +-1 (mid "
+                            "and coarse keep 0.5): a sharpening or softening of the finest "
+                            "detail, which added detail measures and reshaped structure "
+                            "mostly does not",
     "natural, local gain 0.5, seed 1": "the natural preset plus the local gain 0.5, seed 1",
     "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
                                              "the Nesterov look-ahead together",
