@@ -356,7 +356,7 @@ DESCRIPTION = {
     "natural, local gain 0.5": "the natural preset of `e558b89` plus a local gain of the "
                                "original's own band, up to +-0.5 in each texture band (a local "
                                "contrast edit, which reshaped structure leaves out); the "
-                               "default since the commit after `e558b89`",
+                               "default since `dd80f97`",
     "natural, no local gain": "the natural preset without its local gain: the default of "
                               "`e558b89`",
     "natural, fine gain 1": "the natural preset with the fine band's local gain at +-1 (mid "
