@@ -433,20 +433,23 @@ class Attack:
             x_in = self.ensemble.to_input_size(x_adv)
         else:
             x_in = self.composite.apply(x_work, params, prepared, self.ensemble.to_input_size)
-        x_in = torch.cat([augment(x_in, cfg.augment, generators, self.augment_options)
-                          for _ in range(cfg.copies)])
+        copies = [augment(x_in, cfg.augment, generators, self.augment_options)
+                  for _ in range(cfg.copies)]
+        # One copy skips the concatenation, the repeat and the mean: each a kernel launch.
+        x_in, y = (copies[0], y) if cfg.copies == 1 else (torch.cat(copies), y.repeat(cfg.copies))
         if cfg.blur_sigma > 0:
             k = 2 * math.ceil(3 * cfg.blur_sigma) + 1
             x_in = KF.gaussian_blur2d(x_in, k, (cfg.blur_sigma, cfg.blur_sigma))
         with self._autocast(), (self.tap.recording() if self.tap else nullcontext()) as feats:
             logits = self.ensemble(x_in)
-        obj = self.loss_fn(logits.float(), y.repeat(cfg.copies), cfg.kappa)
+        obj = self.loss_fn(logits.float(), y, cfg.kappa)
         if self.tap is not None:
             assert guide is not None and feats is not None
             importance = [guide[f"importance.{i}"] for i in range(len(feats))]
             obj = obj + cfg.feature_weight * feature_loss(feats, importance) / guide[
                 "reference"].repeat(cfg.copies)
-        obj = obj.view(cfg.copies, -1).mean(0)
+        if cfg.copies > 1:
+            obj = obj.view(cfg.copies, -1).mean(0)
         if cfg.reg_weight > 0:
             obj = obj - cfg.reg_weight * self.composite.penalty(params)
         if cfg.lpips_weight > 0:
@@ -515,7 +518,11 @@ class Attack:
             # Whole-list (foreach) ops where every tensor takes the same scalar: one kernel
             # for all of them on a GPU; the rest are fused in-place forms, as for the
             # full-size pixel delta each extra temporary is another pass over B x 3 x 500 x 500.
-            norms = [torch.linalg.vector_norm(g.reshape(len(g), -1), ord=1, dim=1)
+            # Over all but the first dim in place: a gradient that is a strided view (one
+            # product's input split in two) would be copied by a reshape. The trailing unit
+            # dim gives a (B,) parameter a dim to reduce (no dims would mean all of them).
+            norms = [torch.linalg.vector_norm(g.unsqueeze(-1), ord=1,
+                                              dim=tuple(range(1, g.ndim + 1)))
                      for g in grads]
             torch._foreach_mul_(norms, [1 / g[0].numel() for g in grads])
             torch._foreach_clamp_min_(norms, 1e-12)
