@@ -181,6 +181,27 @@ def test_clamp_between_is_clamp_with_the_whole_gradient_at_its_bounds():
     assert a.grad.tolist() == [0, 2, 3, 4, 5, 0, 0]  # whole at a bound (autograd: halved)
 
 
+def test_clamp_between_with_a_weight_moves_that_share_of_the_way_with_autograds_gradient():
+    from unrestrict.perturb.base import clamp_between
+
+    x = torch.tensor([-0.5, -0.2, 0.0, 0.3, 0.7, 0.9, 1.5], dtype=torch.float64)
+    low = torch.tensor([-0.4, -0.2, -0.1, 0.0, 0.0, 0.5, 0.0], dtype=torch.float64)
+    high = torch.tensor([0.5, 0.5, 0.0, 0.4, 0.7, 0.8, 1.0], dtype=torch.float64)
+    weight = torch.tensor([0.25, 1.0, 0.5, 0.0, 0.75, 0.6, 0.3], dtype=torch.float64)
+    grad = torch.arange(1, 8, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = clamp_between(a, low, high, weight)
+    theirs = b + weight * (clamp_between(b, low, high) - b)
+    torch.testing.assert_close(ours, theirs, atol=1e-15, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(clamp_between(x, low, high, weight), theirs.detach())
+    (ours * grad).sum().backward()
+    (theirs * grad).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-15, rtol=0)
+    # Outside its bounds, the gradient times 1 - weight: none at weight 1, whole at 0.
+    assert a.grad.tolist() == pytest.approx([0.75, 2, 3, 4, 5, 6 * 0.4, 7 * 0.7])
+
+
 def test_lookup_is_linear_interpolation_with_its_own_gradients():
     """The hand-written lookup (forward and backward) against plain interpolation and autograd,
     inside [0, 1] and on the end segments' extensions outside it."""
@@ -445,6 +466,30 @@ def test_highpass_upsample_dense_form_is_blur_difference_and_upsampling(mode, sh
     assert _highpass_upsample_dense(flat, 1.0, *size, mode).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("shape,size", [((2, 1, 60, 45), (120, 90)), ((1, 2, 3, 5), (24, 40))])
+def test_highpass_and_plain_dense_form_is_both_fields(shape, size):
+    """Two grids through one pair of products (off the CPU) against each field on its own,
+    values and gradients."""
+    from unrestrict.perturb.base import (
+        _highpass_and_plain_dense,
+        highpass_and_plain_fields,
+        highpass_upsample_field,
+        upsample_field,
+    )
+
+    g = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    o = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ours = _highpass_and_plain_dense(g, o, 1.0, *size, "bspline")
+    ref = highpass_and_plain_fields(g, o, 1.0, *size, "bspline")  # CPU: each on its own
+    torch.testing.assert_close(ref[:, :, 0], highpass_upsample_field(g, 1.0, *size, "bspline"))
+    torch.testing.assert_close(ref[:, :, 1], upsample_field(o, *size, "bspline"))
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    w = torch.randn_like(ref)
+    grads = torch.autograd.grad((ours * w).sum(), (g, o))
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), (g, o)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("shape", [(2, 1, 70, 45), (1, 2, 3, 9)])  # banded; replicated
 @pytest.mark.parametrize("sigma", [0.6, 1.0])
 def test_blur_field_is_kornias_gaussian_blur(shape, sigma):
@@ -684,6 +729,38 @@ def test_texture_gain_scales_the_originals_band_and_keeps_its_edges_in_place():
     torch.testing.assert_close(delta, (gain * band).expand_as(delta), atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="gain_fine"):
         compose(["texture"], {"texture": {"gain_fine": -1.0}})
+
+
+def test_texture_band_and_gain_fused_off_the_cpu_are_the_same_change(monkeypatch):
+    """Off the CPU a band with a gain puts both grids through one pair of products; forced
+    here on the CPU, values and gradients match the band and gain taken one by one."""
+    from unrestrict.perturb import texture
+    from unrestrict.perturb.base import _highpass_and_plain_dense
+
+    x = _photo()[..., :64, :48].double()
+    options = {"fine": 12.8, "mid": 4.0, "coarse": 3.0, "gain_fine": 0.5, "gain_coarse": 0.5,
+               "overshoot": 0.5, "overshoot_reach": 4}
+    comp = compose(["texture"], {"texture": options})
+    params = _rand_params(comp, x, 0.7)
+    alone = comp.prepare(x)
+    monkeypatch.setattr(texture, "highpass_and_plain_fields",
+                        lambda *a: _highpass_and_plain_dense(*a))
+    monkeypatch.setattr(texture.TextureFamily, "_fused",
+                        lambda self, device: tuple(n for n in self._gains()
+                                                   if getattr(self.config, n) > 0))
+    fused = comp.prepare(x)
+    assert "texture.fused_maps" in fused and "texture.bands" not in fused
+    assert "texture.bands" in alone
+    weights = torch.randn_like(x)
+    outs, grads = [], []
+    for prepared in (alone, fused):
+        p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        outs.append(comp.apply(x, p, prepared))
+        grads.append(torch.autograd.grad((outs[-1] * weights).sum(), list(p.values())))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=0)
+    assert (outs[0] - x).abs().amax() > 1e-3
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():

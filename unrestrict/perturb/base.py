@@ -249,12 +249,33 @@ class _ClampBetween(torch.autograd.Function):
         return grad * inside, None, None
 
 
-def clamp_between(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+class _ClampPartly(torch.autograd.Function):
+    """``torch.lerp(x, x.clamp(low, high), weight)``, the gradient to ``x`` alone: whole
+    where ``low <= x <= high`` (as :class:`_ClampBetween`), times ``1 - weight`` elsewhere.
+    Five kernels with the backward pass, where the clamp, the blend and their backward
+    passes take ten."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: Tensor, high: Tensor, weight: Tensor) -> Tensor:
+        clamped = x.clamp(low, high)
+        ctx.save_for_backward(weight.masked_fill(clamped == x, 0))  # the weight outside
+        return torch.lerp(x, clamped, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (outside,) = ctx.saved_tensors
+        return torch.addcmul(grad, grad, outside, value=-1), None, None, None
+
+
+def clamp_between(x: Tensor, low: Tensor, high: Tensor, weight: Tensor | None = None) -> Tensor:
     """``x.clamp(low, high)`` with tensor bounds, the gradient to ``x`` alone; see
-    :class:`_ClampBetween`."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _ClampBetween.apply(x, low, high)
-    return x.clamp(low, high)
+    :class:`_ClampBetween`. With ``weight`` (in [0, 1], broadcast against ``x``), only that
+    share of the way from ``x`` to its clamp (:class:`_ClampPartly`)."""
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if weight is not None:
+        return (_ClampPartly.apply(x, low, high, weight) if grad
+                else torch.lerp(x, x.clamp(low, high), weight))
+    return _ClampBetween.apply(x, low, high) if grad else x.clamp(low, high)
 
 
 def cached_constant(fn: Callable[..., T]) -> Callable[..., T]:
@@ -462,6 +483,60 @@ def _highpass_upsample_dense(grid: Tensor, sigma: float, height: int, width: int
                                             grid.device, grid.dtype)
     both = torch.matmul(grid.reshape(b * c, gh, gw), cols)  # (N, gh, 2 W) = (N, gh, 2, W)
     return torch.matmul(rows, both.view(b * c, 2 * gh, width)).view(b, c, height, width)
+
+
+@cached_constant
+def _highpass_and_plain_weights(steps: tuple[int, int], size: tuple[int, int], sigma: float,
+                                border: str, mode: str, device: torch.device,
+                                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The two matrices of :func:`highpass_and_plain_fields`'s dense form, built from
+    :func:`_highpass_upsample_weights`' axes. Columns (2 gw, 3 W) send the first grid to
+    ``[Uw' | (Uw Gw)' | 0]`` and the second to ``[0 | 0 | Uw']``; rows (2 H, 3 gh) read the
+    column pass's (gh, 3, W) output as it lies: the first H rows the high-pass, the last H
+    the plain upsampling."""
+    cpu, f64 = torch.device("cpu"), torch.float64
+    (gh, gw), (height, width) = steps, size
+
+    def axis(n: int, out: int) -> tuple[Tensor, Tensor]:
+        up = interpolation_weights(n, out, cpu, f64, mode)
+        return up, up @ _gaussian_weights(n, sigma, border, cpu, f64)[0]
+
+    uw, uw_blur = axis(gw, width)
+    uh, uh_blur = axis(gh, height)
+    cols = torch.zeros(2 * gw, 3 * width, dtype=f64)
+    cols[:gw, :width], cols[:gw, width : 2 * width], cols[gw:, 2 * width :] = (
+        uw.t(), uw_blur.t(), uw.t())
+    zero = torch.zeros_like(uh)
+    rows = torch.cat([torch.stack([uh, -uh_blur, zero], 2).reshape(height, 3 * gh),
+                      torch.stack([zero, zero, uh], 2).reshape(height, 3 * gh)])
+    return rows.to(device, dtype), cols.to(device, dtype)
+
+
+def highpass_and_plain_fields(grid: Tensor, other: Tensor, sigma: float, height: int,
+                              width: int, mode: str = "bicubic") -> Tensor:
+    """``highpass_upsample_field(grid, ...)`` and ``upsample_field(other, ...)`` of two grids
+    of one shape, stacked: (B, C, g, h) twice -> (B, C, 2, H, W).
+
+    On the CPU as those two functions compute them. Elsewhere both grids go through two
+    dense products together: four kernels a step with the backward pass, where apart they
+    take eight. Half of each product's entries are zeros; at the batch sizes a GPU is given
+    the launches, not the arithmetic, set a step's time.
+    """
+    if grid.device.type == "cpu" or grid.shape[-2:] == (height, width):
+        return torch.stack([highpass_upsample_field(grid, sigma, height, width, mode),
+                            upsample_field(other, height, width, mode)], 2)
+    return _highpass_and_plain_dense(grid, other, sigma, height, width, mode)
+
+
+def _highpass_and_plain_dense(grid: Tensor, other: Tensor, sigma: float, height: int,
+                              width: int, mode: str) -> Tensor:
+    b, c, gh, gw = grid.shape
+    rows, cols = _highpass_and_plain_weights((gh, gw), (height, width), sigma,
+                                             _blur_border(gh, gw, sigma), mode, grid.device,
+                                             grid.dtype)
+    both = torch.cat([grid, other], -1).reshape(b * c, gh, 2 * gw)
+    three = torch.matmul(both, cols)  # (N, gh, 3 W) = (N, gh, 3, W)
+    return torch.matmul(rows, three.view(b * c, 3 * gh, width)).view(b, c, 2, height, width)
 
 
 def upsample_field_adjoint(field_grad: Tensor, grid_size: tuple[int, int]) -> Tensor:

@@ -63,6 +63,7 @@ from .base import (
     cached_constant,
     clamp_between,
     clamp_unit,
+    highpass_and_plain_fields,
     highpass_upsample_field,
     register_family,
     upsample_field,
@@ -405,6 +406,16 @@ class TextureFamily(Family):
         return {name: (getattr(self.config, f"gain_{name}"), sigmas, stride)
                 for name, sigmas, stride in BANDS if getattr(self.config, f"gain_{name}") > 0}
 
+    def _fused(self, device: torch.device) -> tuple[str, ...]:
+        """Bands whose field and gain field share their products (off the CPU, where each
+        product is a kernel launch; see :func:`highpass_and_plain_fields`), in the order of
+        ``_gains()``. Needs a high-passed luminance band with nothing between it and its
+        gain (no lowcut)."""
+        c = self.config
+        if device.type == "cpu" or c.highpass <= 0 or c.lowcut > 0 or c.channels != "luma":
+            return ()
+        return tuple(name for name in self._gains() if getattr(c, name) > 0)
+
     def _ratio(self, name: str) -> float:
         if name.endswith("_gain"):
             return self._gains()[name.removesuffix("_gain")][0]
@@ -457,13 +468,19 @@ class TextureFamily(Family):
         if gains:  # the original's signed bands, 0 where the luminance is flat
             actives = _band_activities(luma, flat, c.detail_sigma, list(gains),
                                        self._detail_bands())
-            bands = []
-            for (_, (s0, s1), _), active in zip(gains.values(), actives, strict=True):
+            bands = {}
+            for (name, (_, (s0, s1), _)), active in zip(gains.items(), actives, strict=True):
                 band = _band(luma, (s0, s1)) * active
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
-                bands.append(band)
-            out["bands"] = torch.cat(bands, 1).to(x.dtype)
+                bands[name] = band.to(x.dtype)
+            if fused := self._fused(x.device):  # (B, bands, 1, 2, H, W): map, signed band
+                index = {name: i for i, name, _, _ in self._bands()}
+                out["fused_maps"] = torch.stack(
+                    [torch.stack([vis[:, index[n]], bands[n][:, 0]], 1) for n in fused],
+                    1).unsqueeze(2).to(x.dtype)
+            if rest := [b for n, b in bands.items() if n not in fused]:
+                out["bands"] = torch.cat(rest, 1)
         if c.overshoot > 0:  # how far each pixel may move, down and up
             lo, hi = _local_range(luma, 3)
             out["overshoot_down"] = (c.overshoot * (lo - luma)).to(x.dtype)
@@ -502,21 +519,31 @@ class TextureFamily(Family):
             prepared = self.prepare(x)
         vis = prepared["visibility"]
         h, w = x.shape[-2:]
+        fused = self._fused(x.device) if "fused_maps" in prepared else ()
         delta = None
         for i, name, _, _ in self._bands():
-            term = self._field(params[name], h, w) * vis[:, i : i + 1]
-            delta = term if delta is None else delta + term
+            if name not in fused:
+                term = self._field(params[name], h, w) * vis[:, i : i + 1]
+                delta = term if delta is None else delta + term
         if delta is not None and "lowcut_weight" in prepared:
             local_mean = blur_field(delta, self.config.lowcut) / prepared["lowcut_norm"]
             delta = delta - prepared["lowcut_weight"] * local_mean
-        for j, name in enumerate(self._gains()):  # not high-passed: a slow gain is an edit
+        # The gains are not high-passed: a slow gain is an edit.
+        for j, name in enumerate(n for n in self._gains() if n not in fused):
             term = upsample_field(params[f"{name}_gain"], h, w, UPSAMPLE) \
                 * prepared["bands"][:, j : j + 1]
             delta = term if delta is None else delta + term
+        pairs = None  # (B, 1, 2, H, W): each fused band's change, and its gain's
+        for j, name in enumerate(fused):
+            term = highpass_and_plain_fields(params[name], params[f"{name}_gain"],
+                                             self.config.highpass, h, w, UPSAMPLE) \
+                * prepared["fused_maps"][:, j]
+            pairs = term if pairs is None else pairs + term
+        if pairs is not None:
+            delta = pairs.sum(2) if delta is None else delta + pairs.sum(2)
         if delta is not None and "overshoot_down" in prepared:
-            bounded = clamp_between(delta, prepared["overshoot_down"], prepared["overshoot_up"])
-            weight = prepared.get("overshoot_weight")
-            delta = bounded if weight is None else delta + weight * (bounded - delta)
+            delta = clamp_between(delta, prepared["overshoot_down"], prepared["overshoot_up"],
+                                  prepared.get("overshoot_weight"))
         basis = _opponent_basis(x.device, x.dtype)  # (3, 2)
         for j, name in enumerate(self._chroma()):
             cvis = prepared["chroma_visibility"][:, j : j + 1]
