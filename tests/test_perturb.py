@@ -731,9 +731,10 @@ def test_texture_gain_scales_the_originals_band_and_keeps_its_edges_in_place():
         compose(["texture"], {"texture": {"gain_fine": -1.0}})
 
 
-def test_texture_band_and_gain_fused_off_the_cpu_are_the_same_change(monkeypatch):
-    """Off the CPU a band with a gain puts both grids through one pair of products; forced
-    here on the CPU, values and gradients match the band and gain taken one by one."""
+def test_texture_band_and_gain_through_shared_products_are_the_same_change(monkeypatch):
+    """A band with a gain shares its products with the gain's (banded on the CPU, dense
+    elsewhere, forced here on the CPU): values and gradients match the band and gain taken
+    one by one."""
     from unrestrict.perturb import texture
     from unrestrict.perturb.base import _highpass_and_plain_dense
 
@@ -742,25 +743,28 @@ def test_texture_band_and_gain_fused_off_the_cpu_are_the_same_change(monkeypatch
                "overshoot": 0.5, "overshoot_reach": 4}
     comp = compose(["texture"], {"texture": options})
     params = _rand_params(comp, x, 0.7)
-    alone = comp.prepare(x)
-    monkeypatch.setattr(texture, "highpass_and_plain_fields",
-                        lambda *a: _highpass_and_plain_dense(*a))
-    monkeypatch.setattr(texture.TextureFamily, "_fused",
-                        lambda self, device: tuple(n for n in self._gains()
-                                                   if getattr(self.config, n) > 0))
-    fused = comp.prepare(x)
-    assert "texture.fused_maps" in fused and "texture.bands" not in fused
-    assert "texture.bands" in alone
     weights = torch.randn_like(x)
-    outs, grads = [], []
-    for prepared in (alone, fused):
+
+    def change():
+        prepared = comp.prepare(x)
         p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-        outs.append(comp.apply(x, p, prepared))
-        grads.append(torch.autograd.grad((outs[-1] * weights).sum(), list(p.values())))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=0)
-    assert (outs[0] - x).abs().amax() > 1e-3
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+        out = comp.apply(x, p, prepared)
+        return prepared, out, torch.autograd.grad((out * weights).sum(), list(p.values()))
+
+    shared, out, grads = change()
+    assert "texture.fused_maps" in shared and "texture.bands" not in shared  # mid has none
+    with monkeypatch.context() as m:
+        m.setattr(texture, "highpass_and_plain_fields", _highpass_and_plain_dense)
+        runs = [change()]
+    with monkeypatch.context() as m:
+        m.setattr(texture.TextureFamily, "_fused", lambda self: ())
+        runs.append(change())
+    assert "texture.bands" in runs[1][0] and "texture.fused_maps" not in runs[1][0]
+    assert (runs[1][1] - x).abs().amax() > 1e-3
+    for _, other, other_grads in runs:
+        torch.testing.assert_close(out, other, atol=1e-12, rtol=0)
+        for a, b in zip(grads, other_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 def test_texture_range_gate_keeps_plateaus_between_branches_unchanged():

@@ -517,14 +517,16 @@ def highpass_and_plain_fields(grid: Tensor, other: Tensor, sigma: float, height:
     """``highpass_upsample_field(grid, ...)`` and ``upsample_field(other, ...)`` of two grids
     of one shape, stacked: (B, C, g, h) twice -> (B, C, 2, H, W).
 
-    On the CPU as those two functions compute them. Elsewhere both grids go through two
-    dense products together: four kernels a step with the backward pass, where apart they
-    take eight. Half of each product's entries are zeros; at the batch sizes a GPU is given
-    the launches, not the arithmetic, set a step's time.
+    On the CPU the high-pass is taken on the grid and both grids share one upsampling's
+    banded products. Elsewhere both linear maps of both grids are folded into two dense
+    products: four kernels a step with the backward pass, where apart they take eight. Half
+    of each product's entries are zeros; at the batch sizes a GPU is given the launches, not
+    the arithmetic, set a step's time.
     """
     if grid.device.type == "cpu" or grid.shape[-2:] == (height, width):
-        return torch.stack([highpass_upsample_field(grid, sigma, height, width, mode),
-                            upsample_field(other, height, width, mode)], 2)
+        b, c, gh, gw = grid.shape
+        both = torch.stack([grid - blur_field(grid, sigma), other], 2).view(b, 2 * c, gh, gw)
+        return upsample_field(both, height, width, mode).view(b, c, 2, height, width)
     return _highpass_and_plain_dense(grid, other, sigma, height, width, mode)
 
 

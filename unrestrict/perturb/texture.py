@@ -406,13 +406,12 @@ class TextureFamily(Family):
         return {name: (getattr(self.config, f"gain_{name}"), sigmas, stride)
                 for name, sigmas, stride in BANDS if getattr(self.config, f"gain_{name}") > 0}
 
-    def _fused(self, device: torch.device) -> tuple[str, ...]:
-        """Bands whose field and gain field share their products (off the CPU, where each
-        product is a kernel launch; see :func:`highpass_and_plain_fields`), in the order of
-        ``_gains()``. Needs a high-passed luminance band with nothing between it and its
-        gain (no lowcut)."""
+    def _fused(self) -> tuple[str, ...]:
+        """Bands whose field and gain field share their products (see
+        :func:`highpass_and_plain_fields`), in the order of ``_gains()``. Needs a high-passed
+        luminance band with nothing between it and its gain (no lowcut)."""
         c = self.config
-        if device.type == "cpu" or c.highpass <= 0 or c.lowcut > 0 or c.channels != "luma":
+        if c.highpass <= 0 or c.lowcut > 0 or c.channels != "luma":
             return ()
         return tuple(name for name in self._gains() if getattr(c, name) > 0)
 
@@ -474,7 +473,7 @@ class TextureFamily(Family):
                 if c.range_margin > 0:  # a plateau beside an edge keeps its level: no halo
                     band = band * _range_position(luma, 2 * math.ceil(s1) + 1, c.range_margin)
                 bands[name] = band.to(x.dtype)
-            if fused := self._fused(x.device):  # (B, bands, 1, 2, H, W): map, signed band
+            if fused := self._fused():  # (B, bands, 1, 2, H, W): map, signed band
                 index = {name: i for i, name, _, _ in self._bands()}
                 out["fused_maps"] = torch.stack(
                     [torch.stack([vis[:, index[n]], bands[n][:, 0]], 1) for n in fused],
@@ -519,7 +518,7 @@ class TextureFamily(Family):
             prepared = self.prepare(x)
         vis = prepared["visibility"]
         h, w = x.shape[-2:]
-        fused = self._fused(x.device) if "fused_maps" in prepared else ()
+        fused = self._fused()
         delta = None
         for i, name, _, _ in self._bands():
             if name not in fused:
