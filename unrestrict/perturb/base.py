@@ -438,6 +438,15 @@ def blur_field(grid: Tensor, sigma: float) -> Tensor:
     return matmul_rows(*cols, g.transpose(1, 2)).transpose(1, 2).reshape(b, c, gh, gw)
 
 
+def _upsample_axis(steps: int, size: int, sigma: float, border: str,
+                   mode: str) -> tuple[Tensor, Tensor]:
+    """One axis's upsampling ``U`` (size, steps) and ``U G``, with ``G`` its grid's blur: in
+    float64 on the CPU, for the dense forms' matrices."""
+    cpu, f64 = torch.device("cpu"), torch.float64
+    up = interpolation_weights(steps, size, cpu, f64, mode)
+    return up, up @ _gaussian_weights(steps, sigma, border, cpu, f64)[0]
+
+
 @cached_constant
 def _highpass_upsample_weights(steps: tuple[int, int], size: tuple[int, int], sigma: float,
                                border: str, mode: str, device: torch.device,
@@ -446,15 +455,9 @@ def _highpass_upsample_weights(steps: tuple[int, int], size: tuple[int, int], si
     upsampling and ``G`` its blur, the field is ``Uh g Uw' - (Uh Gh) g (Uw Gw)'``: columns
     (gw, 2 W) hold ``[Uw' | (Uw Gw)']``, rows (H, 2 gh) interleave ``Uh`` and ``-(Uh Gh)``
     so that they read the column pass's (gh, 2, W) output as it lies."""
-    cpu, f64 = torch.device("cpu"), torch.float64
     (gh, gw), (height, width) = steps, size
-
-    def axis(n: int, out: int) -> tuple[Tensor, Tensor]:
-        up = interpolation_weights(n, out, cpu, f64, mode)
-        return up, up @ _gaussian_weights(n, sigma, border, cpu, f64)[0]
-
-    uw, uw_blur = axis(gw, width)
-    uh, uh_blur = axis(gh, height)
+    uw, uw_blur = _upsample_axis(gw, width, sigma, border, mode)
+    uh, uh_blur = _upsample_axis(gh, height, sigma, border, mode)
     cols = torch.cat([uw.t(), uw_blur.t()], 1)
     rows = torch.stack([uh, -uh_blur], 2).reshape(height, 2 * gh)
     return rows.to(device, dtype), cols.to(device, dtype)
@@ -489,21 +492,15 @@ def _highpass_upsample_dense(grid: Tensor, sigma: float, height: int, width: int
 def _highpass_and_plain_weights(steps: tuple[int, int], size: tuple[int, int], sigma: float,
                                 border: str, mode: str, device: torch.device,
                                 dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The two matrices of :func:`highpass_and_plain_fields`'s dense form, built from
-    :func:`_highpass_upsample_weights`' axes. Columns (2 gw, 3 W) send the first grid to
+    """The two matrices of :func:`highpass_and_plain_fields`'s dense form (as in
+    :func:`_highpass_upsample_weights`). Columns (2 gw, 3 W) send the first grid to
     ``[Uw' | (Uw Gw)' | 0]`` and the second to ``[0 | 0 | Uw']``; rows (2 H, 3 gh) read the
     column pass's (gh, 3, W) output as it lies: the first H rows the high-pass, the last H
     the plain upsampling."""
-    cpu, f64 = torch.device("cpu"), torch.float64
     (gh, gw), (height, width) = steps, size
-
-    def axis(n: int, out: int) -> tuple[Tensor, Tensor]:
-        up = interpolation_weights(n, out, cpu, f64, mode)
-        return up, up @ _gaussian_weights(n, sigma, border, cpu, f64)[0]
-
-    uw, uw_blur = axis(gw, width)
-    uh, uh_blur = axis(gh, height)
-    cols = torch.zeros(2 * gw, 3 * width, dtype=f64)
+    uw, uw_blur = _upsample_axis(gw, width, sigma, border, mode)
+    uh, uh_blur = _upsample_axis(gh, height, sigma, border, mode)
+    cols = torch.zeros(2 * gw, 3 * width, dtype=torch.float64)
     cols[:gw, :width], cols[:gw, width : 2 * width], cols[gw:, 2 * width :] = (
         uw.t(), uw_blur.t(), uw.t())
     zero = torch.zeros_like(uh)
@@ -519,9 +516,9 @@ def highpass_and_plain_fields(grid: Tensor, other: Tensor, sigma: float, height:
 
     On the CPU the high-pass is taken on the grid and both grids share one upsampling's
     banded products. Elsewhere both linear maps of both grids are folded into two dense
-    products: four kernels a step with the backward pass, where apart they take eight. Half
-    of each product's entries are zeros; at the batch sizes a GPU is given the launches, not
-    the arithmetic, set a step's time.
+    products: five kernels a step with the backward pass (the grids' concatenation
+    included), where apart they take eight. Half of each product's entries are zeros; at the
+    batch sizes a GPU is given the launches, not the arithmetic, set a step's time.
     """
     if grid.device.type == "cpu" or grid.shape[-2:] == (height, width):
         b, c, gh, gw = grid.shape
