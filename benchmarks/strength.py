@@ -151,6 +151,7 @@ CONFIGS: dict[str, list[str]] = {
     "natural, no local gain": ["--preset", "natural", *_gain(0)],
     "natural, fine gain 1": ["--preset", "natural", *_gain(1, ("fine",))],
     "natural, local gain 0.5, seed 1": ["--preset", "natural", *_gain(0.5), "--seed", "1"],
+    "natural, fine gain 1, seed 1": ["--preset", "natural", *_gain(1, ("fine",)), "--seed", "1"],
     "natural, local gain 0.5, look-ahead 1": ["--preset", "natural", *_gain(0.5),
                                               "--lookahead", "1"],
     "natural, mid+coarse local gain 0.5": ["--preset", "natural",
@@ -364,6 +365,7 @@ DESCRIPTION = {
                             "detail, which added detail measures and reshaped structure "
                             "mostly does not",
     "natural, local gain 0.5, seed 1": "the natural preset plus the local gain 0.5, seed 1",
+    "natural, fine gain 1, seed 1": "`natural, fine gain 1` with seed 1",
     "natural, local gain 0.5, look-ahead 1": "the default plus the local gain 0.5 and "
                                              "the Nesterov look-ahead together",
     "natural, mid+coarse local gain 0.5": "the default plus that local gain in the mid and "
