@@ -480,7 +480,7 @@ def test_highpass_and_plain_dense_form_is_both_fields(shape, size):
     g = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     o = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     ours = _highpass_and_plain_dense(g, o, 1.0, *size, "bspline")
-    ref = highpass_and_plain_fields(g, o, 1.0, *size, "bspline")  # CPU: each on its own
+    ref = highpass_and_plain_fields(g, o, 1.0, *size, "bspline")  # CPU: shared banded products
     torch.testing.assert_close(ref[:, :, 0], highpass_upsample_field(g, 1.0, *size, "bspline"))
     torch.testing.assert_close(ref[:, :, 1], upsample_field(o, *size, "bspline"))
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
